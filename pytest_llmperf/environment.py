@@ -1,0 +1,146 @@
+"""Where a run happened: the comparable environment fingerprint, and the run's context.
+
+``Environment`` holds what decides whether two results may be compared (device model and count,
+driver/CUDA, library versions). ``RunContext`` holds what describes a run but must not split a
+series (host name, git commit and branch, command line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from pytest_llmperf.measure import nvml
+
+LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed")
+
+
+@dataclass(frozen=True)
+class Environment:
+    device_kind: str
+    device_model: str
+    device_count: int
+    driver: str | None
+    cuda: str | None
+    python: str
+    torch: str | None
+    transformers: str | None
+    accelerate: str | None
+    deepspeed: str | None
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GitState:
+    commit: str | None
+    branch: str | None
+    dirty: bool | None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    host: str
+    cpu_model: str
+    cpu_count: int
+    platform: str
+    git: GitState
+    project_root: str
+    argv: tuple[str, ...]
+    plugin_version: str
+    pytest_version: str
+
+
+def package_version(name: str) -> str | None:
+    """A distribution's version without importing it (imports of torch and friends cost seconds)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _torch_cuda_version() -> str | None:
+    if package_version("torch") is None:
+        return None
+    import torch
+
+    return torch.version.cuda
+
+
+def collect_environment(device_kind: str) -> Environment:
+    """The fingerprint of the devices a run uses: ``device_kind`` is "cpu" or "cuda"."""
+    if device_kind == "cuda":
+        gpus = nvml.visible_devices()
+        if gpus:
+            names = sorted({g.name for g in gpus})
+            model, count = " + ".join(names), len(gpus)
+        else:
+            import torch
+
+            count = torch.cuda.device_count()
+            model = " + ".join(sorted({torch.cuda.get_device_name(i) for i in range(count)}))
+        driver, cuda = nvml.driver_version(), _torch_cuda_version()
+    else:
+        model, count, driver, cuda = cpu_model(), os.cpu_count() or 1, None, None
+    return Environment(
+        device_kind=device_kind,
+        device_model=model,
+        device_count=count,
+        driver=driver,
+        cuda=cuda,
+        python=platform.python_version(),
+        **{lib: package_version(lib) for lib in LIBRARIES},
+    )
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state(root: Path) -> GitState:
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return GitState(None, None, None)
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return GitState(
+        commit=commit,
+        branch=_git(root, "rev-parse", "--abbrev-ref", "HEAD"),
+        dirty=None if status is None else bool(status),
+    )
+
+
+def collect_run_context(project_root: Path, argv: tuple[str, ...]) -> RunContext:
+    return RunContext(
+        host=socket.gethostname(),
+        cpu_model=cpu_model(),
+        cpu_count=os.cpu_count() or 1,
+        platform=platform.platform(),
+        git=git_state(project_root),
+        project_root=str(project_root),
+        argv=argv,
+        plugin_version=package_version("pytest-llmperf") or "unknown",
+        pytest_version=package_version("pytest") or "unknown",
+    )

@@ -1,0 +1,83 @@
+"""The metric glossary: the one definition of every metric the plugin measures.
+
+Budgets, the store, the terminal summary and the CLI all look metrics up here; nothing else
+decides a metric's unit or which direction is better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Better(StrEnum):
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+class Scope(StrEnum):
+    """How often a metric is measured: once per model load, or once per generate configuration."""
+
+    LOAD = "load"
+    GENERATE = "generate"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    better: Better
+    scope: Scope
+    definition: str
+
+    @property
+    def bound(self) -> str:
+        """The kind of budget this metric takes: an upper bound ("max") or a lower bound ("min")."""
+        return "max" if self.better is Better.LOWER else "min"
+
+
+_ALL = (
+    Metric("load_s", "s", Better.LOWER, Scope.LOAD,
+           "from the backend's load call to ready-to-generate on every rank (max over ranks)"),
+    Metric("first_generate_s", "s", Better.LOWER, Scope.LOAD,
+           "the first generate after load (warm-up, JIT, compile); never mixed into trials"),
+    Metric("weights_bytes", "bytes", Better.LOWER, Scope.LOAD,
+           "bytes of the loaded parameters (shared parameters counted once)"),
+    Metric("load_peak_mem_bytes", "bytes", Better.LOWER, Scope.LOAD,
+           "peak memory while loading (CUDA max allocated; host peak RSS on CPU)"),
+    Metric("ttft_ms", "ms", Better.LOWER, Scope.GENERATE,
+           "prefill: a generate with max_new_tokens=1 on the same batch and prompt"),
+    Metric("tpot_ms", "ms", Better.LOWER, Scope.GENERATE,
+           "decode time per step = (e2e - ttft) / (new_tokens - 1)"),
+    Metric("e2e_s", "s", Better.LOWER, Scope.GENERATE,
+           "one generate of new_tokens tokens, end to end"),
+    Metric("tokens_per_s", "tokens/s", Better.HIGHER, Scope.GENERATE,
+           "generated tokens per second of the deployment = streams * batch * new_tokens / e2e"),
+    Metric("ms_per_token", "ms", Better.LOWER, Scope.GENERATE,
+           "the BLOOM study's throughput = e2e / (streams * batch * new_tokens) = 1000 / tokens_per_s"),
+    Metric("peak_mem_bytes", "bytes", Better.LOWER, Scope.GENERATE,
+           "peak memory during the trials of one configuration (CUDA max allocated; host peak RSS on CPU)"),
+    Metric("peak_mem_reserved_bytes", "bytes", Better.LOWER, Scope.GENERATE,
+           "CUDA only: peak memory reserved by the caching allocator during the trials"),
+    Metric("kv_cache_bytes", "bytes", Better.LOWER, Scope.GENERATE,
+           "predicted KV cache = 2 * layers * kv_heads * head_dim * (prompt + new) * batch * dtype bytes"),
+    Metric("decode_bw_util", "ratio", Better.HIGHER, Scope.GENERATE,
+           "bytes one decode step must read (weights + KV cache) / tpot / device memory bandwidth"),
+    Metric("energy_j_per_token", "J/token", Better.LOWER, Scope.GENERATE,
+           "CUDA only: NVML total-energy counter delta over the trials / tokens generated"),
+)
+
+METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
+
+#: Metrics computed from every trial; their statistics (median, IQR, CV) come from the trials.
+TRIAL_METRICS = ("ttft_ms", "tpot_ms", "e2e_s", "tokens_per_s", "ms_per_token")
+
+
+def metric(name: str) -> Metric:
+    """Look a metric up by name; the error lists the known names."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}"
+        ) from None

@@ -1,0 +1,230 @@
+"""Typed, immutable results of one performance test: the load, each generate configuration, budgets.
+
+Everything here is plain data that round-trips through JSON (``to_dict`` / ``from_dict``), because
+results travel from pytest-xdist workers to the controller inside test reports and into the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pytest_llmperf.measure.metrics import TRIAL_METRICS, metric
+from pytest_llmperf.measure.stats import Stats
+
+Outcome = Literal["ok", "oom"]
+BudgetOutcome = Literal["pass", "miss", "unmeasured"]
+
+
+@dataclass(frozen=True)
+class MemoryPeak:
+    """Peak memory of one measured span, per rank."""
+
+    #: CUDA max allocated bytes, or the host's peak resident set size on CPU
+    peak_bytes: int
+    #: CUDA max reserved bytes (None on CPU)
+    reserved_bytes: int | None
+    #: how it was measured: "cuda" (allocator counters), "vmhwm" (kernel high-water mark, reset
+    #: before the span) or "sampled" (RSS polled every few milliseconds)
+    method: str
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial: a prefill-only generate (TTFT) and a full generate, on the same inputs."""
+
+    ttft_s: float
+    e2e_s: float
+    batch_size: int
+    new_tokens: int
+    streams: int = 1
+
+    @property
+    def tokens(self) -> int:
+        return self.streams * self.batch_size * self.new_tokens
+
+    def value(self, name: str) -> float:
+        """This trial's value of a trial metric (see ``TRIAL_METRICS``)."""
+        if name == "ttft_ms":
+            return self.ttft_s * 1000.0
+        if name == "tpot_ms":
+            return (self.e2e_s - self.ttft_s) / (self.new_tokens - 1) * 1000.0
+        if name == "e2e_s":
+            return self.e2e_s
+        if name == "tokens_per_s":
+            return self.tokens / self.e2e_s
+        if name == "ms_per_token":
+            return self.e2e_s * 1000.0 / self.tokens
+        raise KeyError(f"{name!r} is not a per-trial metric; per-trial metrics: {', '.join(TRIAL_METRICS)}")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    trials: int
+    warmups: int
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """Every trial of one generate configuration, and what was measured around them."""
+
+    config: GenerateConfig
+    outcome: Outcome
+    trials: tuple[Trial, ...] = ()
+    streams: int = 1
+    memory: MemoryPeak | None = None
+    #: predicted from the model config: 2 * layers * kv_heads * head_dim * seq * batch * dtype bytes
+    kv_cache_bytes: int | None = None
+    decode_bw_util: float | None = None
+    energy_j_per_token: float | None = None
+    #: the allocator's message when ``outcome == "oom"``
+    error: str | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    def stats(self, name: str) -> Stats:
+        return Stats.of([t.value(name) for t in self.trials])
+
+    def metric_values(self) -> dict[str, float]:
+        """The median of every trial metric, plus every single-valued metric measured."""
+        values: dict[str, float] = {}
+        if self.trials:
+            values.update({name: self.stats(name).median for name in TRIAL_METRICS})
+        if self.memory is not None:
+            values["peak_mem_bytes"] = float(self.memory.peak_bytes)
+            if self.memory.reserved_bytes is not None:
+                values["peak_mem_reserved_bytes"] = float(self.memory.reserved_bytes)
+        for name in ("kv_cache_bytes", "decode_bw_util", "energy_j_per_token"):
+            if getattr(self, name) is not None:
+                values[name] = float(getattr(self, name))
+        return values
+
+    def median(self, name: str) -> float:
+        """The median (or the single value) of a metric; KeyError if it was not measured."""
+        values = self.metric_values()
+        if name not in values:
+            metric(name)  # unknown names get the list of known ones
+            raise KeyError(f"{name} was not measured for batch size {self.batch_size} (outcome {self.outcome})")
+        return values[name]
+
+
+@dataclass(frozen=True)
+class PageCache:
+    """How much of the checkpoint was in the OS page cache just before loading."""
+
+    resident_fraction: float | None
+
+    @property
+    def state(self) -> str:
+        f = self.resident_fraction
+        if f is None:
+            return "unknown"
+        return "warm" if f >= 0.9 else "cold" if f <= 0.1 else "partial"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    load_s: float
+    #: (phase name, seconds) in the order they ran; they add up to ``load_s``
+    phases: tuple[tuple[str, float], ...]
+    weights_bytes: int
+    memory: MemoryPeak
+    page_cache: PageCache
+    #: devices the model was placed on, e.g. ("cpu",) or ("cuda:0",)
+    devices: tuple[str, ...]
+
+    def metric_values(self) -> dict[str, float]:
+        return {
+            "load_s": self.load_s,
+            "weights_bytes": float(self.weights_bytes),
+            "load_peak_mem_bytes": float(self.memory.peak_bytes),
+        }
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What identifies a model across runs and machines (never a local path)."""
+
+    model_id: str
+    config_hash: str
+    model_type: str
+    dtype: str
+    num_parameters: int
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    metric: str
+    bound: Literal["max", "min"]
+    limit: float
+    batch_size: int | None
+    measured: float | None
+    outcome: BudgetOutcome
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """Everything one performance test measured: the unit the store writes in one transaction."""
+
+    test_id: str
+    model: ModelIdentity
+    backend: str
+    variant: str
+    world_size: int
+    seed: int
+    load: LoadResult | None = None
+    first_generate_s: float | None = None
+    generates: tuple[GenerateResult, ...] = ()
+    budget_checks: tuple[BudgetCheck, ...] = field(default=())
+
+    def load_metric_values(self) -> dict[str, float]:
+        values = self.load.metric_values() if self.load else {}
+        if self.first_generate_s is not None:
+            values["first_generate_s"] = self.first_generate_s
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchRecord:
+        load = d.get("load")
+        return cls(
+            test_id=d["test_id"],
+            model=ModelIdentity(**d["model"]),
+            backend=d["backend"],
+            variant=d["variant"],
+            world_size=d["world_size"],
+            seed=d["seed"],
+            load=None if load is None else LoadResult(
+                load_s=load["load_s"],
+                phases=tuple((str(n), float(s)) for n, s in load["phases"]),
+                weights_bytes=load["weights_bytes"],
+                memory=MemoryPeak(**load["memory"]),
+                page_cache=PageCache(**load["page_cache"]),
+                devices=tuple(load["devices"]),
+            ),
+            first_generate_s=d.get("first_generate_s"),
+            generates=tuple(_generate_from_dict(g) for g in d.get("generates", ())),
+            budget_checks=tuple(BudgetCheck(**b) for b in d.get("budget_checks", ())),
+        )
+
+
+def _generate_from_dict(g: dict[str, Any]) -> GenerateResult:
+    memory = g.get("memory")
+    return GenerateResult(
+        config=GenerateConfig(**g["config"]),
+        outcome=g["outcome"],
+        trials=tuple(Trial(**t) for t in g.get("trials", ())),
+        streams=g.get("streams", 1),
+        memory=None if memory is None else MemoryPeak(**memory),
+        kv_cache_bytes=g.get("kv_cache_bytes"),
+        decode_bw_util=g.get("decode_bw_util"),
+        energy_j_per_token=g.get("energy_j_per_token"),
+        error=g.get("error"),
+    )
