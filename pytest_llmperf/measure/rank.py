@@ -1,0 +1,137 @@
+"""What one rank does with a backend: a measured load, the first generate, then warm-ups and trials.
+
+This is the only place generate calls are timed, so every backend and launcher measures alike.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+import numpy as np
+
+from pytest_llmperf.backends.base import Backend, LoadRequest
+from pytest_llmperf.measure.clocks import Stopwatch
+from pytest_llmperf.measure.energy import energy_meter
+from pytest_llmperf.measure.memory import memory_meter
+from pytest_llmperf.measure.oom import free_memory, is_out_of_memory
+from pytest_llmperf.measure.page_cache import resident_fraction, weight_files
+from pytest_llmperf.results import GenerateConfig, GenerateResult, LoadResult, PageCache, Trial
+
+#: ``progress(description, completed, total)``
+ProgressFn = Callable[[str, int, int], None]
+
+
+class GenerationMismatch(AssertionError):
+    """A backend did not generate what was asked (count of new tokens, or it changed the prompt)."""
+
+
+def check_output(backend_id: str, output: object, input_ids: object, new_tokens: int) -> None:
+    """Every row must be the prompt followed by exactly ``new_tokens`` tokens."""
+    import torch
+
+    assert isinstance(output, torch.Tensor) and isinstance(input_ids, torch.Tensor)
+    batch, prompt = input_ids.shape
+    expected = (batch, prompt + new_tokens)
+    if tuple(output.shape) != expected:
+        raise GenerationMismatch(
+            f"backend {backend_id} returned output of shape {tuple(output.shape)}, expected {expected}: "
+            f"{output.shape[-1] - prompt} new tokens per sequence instead of {new_tokens}"
+        )
+    if not torch.equal(output[:, :prompt].cpu(), input_ids.cpu()):
+        raise GenerationMismatch(f"backend {backend_id} returned sequences that do not start with the prompt")
+
+
+class RankRunner:
+    def __init__(self, backend: Backend, device: str):
+        self.backend = backend
+        self.device = device
+        self._stopwatch = Stopwatch(backend.synchronize)
+        self._memory = memory_meter(device)
+        self._energy = energy_meter(device)
+
+    def _inputs(self, input_ids: np.ndarray):
+        import torch
+
+        return torch.as_tensor(input_ids, dtype=torch.long, device=self.backend.input_device)
+
+    def load(self, request: LoadRequest) -> LoadResult:
+        files = weight_files(request.checkpoint)
+        page_cache = PageCache(resident_fraction(files) if files else None)
+        phases: list[tuple[str, float]] = []
+        self._memory.start()
+        _, load_s = self._stopwatch.time(
+            lambda: self.backend.load(request, lambda name: self._stopwatch.span(phases, name))
+        )
+        memory = self._memory.stop()
+        return LoadResult(
+            load_s=load_s,
+            phases=tuple(phases),
+            weights_bytes=self.backend.weights_bytes(),
+            memory=memory,
+            page_cache=page_cache,
+            devices=self.backend.devices(),
+        )
+
+    def first_generate(self, input_ids: np.ndarray, new_tokens: int) -> float | None:
+        """Seconds of the first generate after load; None if it ran out of memory (the trials will say so)."""
+        try:
+            return self._timed(self._inputs(input_ids), new_tokens)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        free_memory(self.device)
+        return None
+
+    def _timed(self, inputs, new_tokens: int) -> float:
+        output, seconds = self._stopwatch.time(lambda: self.backend.generate(inputs, new_tokens))
+        check_output(self.backend.id, output, inputs, new_tokens)
+        return seconds
+
+    def generate(self, config: GenerateConfig, input_ids: np.ndarray,
+                 progress: ProgressFn | None = None) -> GenerateResult:
+        """Warm-ups, then ``config.trials`` trials of (prefill-only generate, full generate).
+
+        An out-of-memory error is a result: outcome "oom", memory freed, nothing raised.
+        """
+        report = progress or (lambda *_: None)
+        label = f"batch {config.batch_size}"
+        oom: str | None = None
+        try:
+            inputs = self._inputs(input_ids)
+            for i in range(config.warmups):
+                report(f"{label}: warm-up", i, config.warmups)
+                self._timed(inputs, config.new_tokens)
+            gc.collect()
+            self._memory.start()
+            if self._energy:
+                self._energy.start()
+            trials = []
+            for i in range(config.trials):
+                report(f"{label}: trials", i, config.trials)
+                ttft_s = self._timed(inputs, 1)
+                e2e_s = self._timed(inputs, config.new_tokens)
+                trials.append(Trial(ttft_s=ttft_s, e2e_s=e2e_s, batch_size=config.batch_size,
+                                    new_tokens=config.new_tokens))
+            joules = self._energy.stop() if self._energy else None
+            memory = self._memory.stop()
+            report(f"{label}: trials", config.trials, config.trials)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom = f"out of memory on {self.device}: {str(exc).strip().splitlines()[0][:300]}"
+        if oom is not None:
+            # outside the except block, so the traceback's frames no longer pin the tensors
+            free_memory(self.device)
+            return GenerateResult(config=config, outcome="oom", error=oom)
+        tokens = config.trials * config.batch_size * (1 + config.new_tokens)
+        return GenerateResult(
+            config=config,
+            outcome="ok",
+            trials=tuple(trials),
+            memory=memory,
+            energy_j_per_token=None if joules is None else joules / tokens,
+        )
+
+    def close(self) -> None:
+        self.backend.close()
