@@ -1,0 +1,229 @@
+"""Settings from the command line and the ini file: defined once, validated once, at start-up.
+
+Every option exists twice, as ``--llmperf-NAME`` on the command line and ``llmperf_NAME`` in the ini
+file. Per-test knobs (trials, warm-ups, batch sizes, ...) can also be set by the marker; precedence is
+command line > marker > ini file > built-in default (``resolve_knobs``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.backends import BACKEND_IDS
+from pytest_llmperf.budgets import Budget, parse_budget_text
+from pytest_llmperf.models.dtypes import parse_dtype
+from pytest_llmperf.models.spec import parse_model_spec
+
+
+def positive_int(text: str | int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str | int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _items(text: str) -> list[str]:
+    return [item for item in re.split(r"[,\s]+", text.strip()) if item]
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    items = _items(text)
+    if not items:
+        raise ValueError("expected a list of positive integers such as '1,8,32', got nothing")
+    try:
+        return tuple(positive_int(i) for i in items)
+    except ValueError:
+        raise ValueError(f"expected a list of positive integers such as '1,8,32', got {text!r}") from None
+
+
+def new_tokens(text: str | int) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise ValueError(f"expected at least 2 new tokens (time per output token needs two), got {text!r}")
+    return value
+
+
+def dtype(text: str) -> str:
+    return "auto" if text.strip() == "auto" else parse_dtype(text.strip())
+
+
+def device(text: str) -> str:
+    value = text.strip()
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise ValueError(f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    items = tuple(_items(text))
+    if not items:
+        raise ValueError("expected at least one model, e.g. 'synthetic:llama-tiny'")
+    for item in items:
+        parse_model_spec(item)
+    return items
+
+
+def backend_list(text: str) -> tuple[str, ...]:
+    items = tuple(_items(text))
+    unknown = [i for i in items if i not in BACKEND_IDS]
+    if not items or unknown:
+        raise ValueError(f"unknown backend {', '.join(unknown) or text!r}; known backends: {', '.join(BACKEND_IDS)}")
+    return items
+
+
+def progress_mode(text: str) -> str:
+    if text.strip() in ("auto", "on", "off"):
+        return text.strip()
+    raise ValueError(f"expected 'auto', 'on' or 'off', got {text!r}")
+
+
+def budget_text(text: str) -> tuple[Budget, ...]:
+    return parse_budget_text(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: ``--llmperf-<name>`` on the command line and ``llmperf_<name>`` in the ini file."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    metavar: str = "VALUE"
+
+    @property
+    def flag(self) -> str:
+        return f"--llmperf-{self.name.replace('_', '-')}"
+
+    @property
+    def ini(self) -> str:
+        return f"llmperf_{self.name}"
+
+
+def _default_model_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pytest-llmperf", "models")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("db", str, ".llmperf/history.db", "SQLite history file (relative paths: to the rootdir)", "PATH"),
+    Option("model_cache", str, None, "where synthetic models are built once and kept "
+           "(default $XDG_CACHE_HOME/pytest-llmperf/models)", "DIR"),
+    Option("models", model_list, "synthetic:bloom-tiny,synthetic:llama-tiny",
+           "models for performance tests whose marker names none", "LIST"),
+    Option("backends", backend_list, "hf", "backends for performance tests whose marker names none", "LIST"),
+    Option("batch_sizes", batch_sizes, "1,8,32", "batch sizes a sweep measures", "LIST"),
+    Option("prompt_tokens", positive_int, "32", "prompt length in tokens", "N"),
+    Option("new_tokens", new_tokens, "100", "tokens generated per sequence (>= 2)", "N"),
+    Option("trials", positive_int, "5", "measured trials per batch size", "N"),
+    Option("warmups", non_negative_int, "1", "unmeasured warm-up generates per batch size", "N"),
+    Option("dtype", dtype, "auto", "float32, float16, bfloat16 or auto (bfloat16 on CUDA, float32 on CPU)", "DTYPE"),
+    Option("device", device, "auto", "cpu, cuda, cuda:N or auto (cuda:0 when available)", "DEVICE"),
+    Option("seed", non_negative_int, "0", "seed of the prompt token ids and of synthetic weights", "N"),
+    Option("budgets", budget_text, "", "budgets for every performance test, e.g. 'load_s=30 tokens_per_s[8]=60'",
+           "SPEC"),
+    Option("progress", progress_mode, "auto", "progress display: auto (a terminal, not CI, not -q), on, off",
+           "MODE"),
+)
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Per-test tunables. At each layer (command line, marker, ini) a field is None when not set there."""
+
+    trials: int | None = None
+    warmups: int | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    seed: int | None = None
+
+
+KNOB_NAMES = tuple(f.name for f in fields(Knobs))
+DEFAULT_KNOBS = Knobs(**{name: OPTIONS_BY_NAME[name].parse(OPTIONS_BY_NAME[name].default) for name in KNOB_NAMES})
+
+
+def resolve_knobs(*layers: Knobs) -> Knobs:
+    """Each field from the first layer that sets it: pass the layers highest precedence first."""
+    resolved = Knobs()
+    for name in KNOB_NAMES:
+        for layer in layers:
+            if getattr(layer, name) is not None:
+                resolved = replace(resolved, **{name: getattr(layer, name)})
+                break
+    return resolved
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the option, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool
+    db_path: Path
+    model_cache: Path
+    models: tuple[str, ...]
+    backends: tuple[str, ...]
+    progress: str
+    cli: Knobs
+    ini: Knobs
+    cli_budgets: tuple[Budget, ...]
+    ini_budgets: tuple[Budget, ...]
+
+    @classmethod
+    def from_sources(cls, *, enabled: bool, cli: Mapping[str, Any], ini: Mapping[str, str | None],
+                     rootdir: Path) -> Settings:
+        """``cli`` holds values already parsed by argparse (None when not given); ``ini`` holds raw strings."""
+        ini_values: dict[str, Any] = {}
+        for option in OPTIONS:
+            raw = ini.get(option.name)
+            if raw is None or str(raw).strip() == "":
+                continue
+            try:
+                ini_values[option.name] = option.parse(str(raw))
+            except ValueError as e:
+                raise SettingsError(f"{option.ini} = {raw!r} in the ini file: {e}") from None
+
+        def pick(name: str) -> Any:
+            for source in (cli, ini_values):
+                if source.get(name) is not None:
+                    return source[name]
+            option = OPTIONS_BY_NAME[name]
+            return None if option.default is None else option.parse(option.default)
+
+        db = Path(os.path.expanduser(pick("db")))
+        cache = pick("model_cache") or _default_model_cache()
+        return cls(
+            enabled=enabled,
+            db_path=db if db.is_absolute() else rootdir / db,
+            model_cache=Path(os.path.expanduser(cache)),
+            models=pick("models"),
+            backends=pick("backends"),
+            progress=pick("progress"),
+            cli=Knobs(**{n: cli.get(n) for n in KNOB_NAMES}),
+            ini=Knobs(**{n: ini_values.get(n) for n in KNOB_NAMES}),
+            cli_budgets=cli.get("budgets") or (),
+            ini_budgets=ini_values.get("budgets", ()),
+        )
