@@ -107,8 +107,8 @@ def _per_rank(total: int, world_size: int) -> int:
 
 
 def gigabytes(n: int | float) -> str:
-    """Bytes as decimal gigabytes with 2 decimals: ``352.49``."""
-    return f"{n / 1e9:.2f}"
+    """Bytes as decimal gigabytes: 2 decimals from 1 GB (``352.49``), 3 significant digits below (``0.00288``)."""
+    return f"{n / 1e9:.2f}" if n >= 1e9 or n == 0 else f"{n / 1e9:.3g}"
 
 
 def capacity_problem(
