@@ -1,0 +1,250 @@
+"""pytest hooks of pytest-llmperf: options, the marker, the ``llm`` fixture, budgets, history, summary.
+
+The hooks only wire things together; the work happens in ``settings``, ``case``, ``bench``,
+``budgets``, ``session`` and ``report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+import pytest
+
+from pytest_llmperf.case import MARKER, MARKER_HELP, BenchCase, MarkerError, cases_from_marker
+from pytest_llmperf.settings import OPTIONS, Option, Settings, SettingsError
+
+SKIP_REASON = "performance test: run with --llmperf"
+
+SETTINGS = pytest.StashKey[Settings]()
+SESSION = pytest.StashKey[Any]()  # RunSession, imported lazily: the store is not needed without --llmperf
+BENCH = pytest.StashKey[Any]()  # Bench of the running test
+RECORD = pytest.StashKey[Any]()  # its final BenchRecord
+OUTCOME = pytest.StashKey[str]()
+STARTED = pytest.StashKey[float]()
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = option.name  # argparse names the type in some messages
+    return parse
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmperf", "LLM inference performance (pytest-llmperf)")
+    group.addoption("--llmperf", action="store_true", default=False,
+                    help="run performance tests (those with the llmperf marker or the llm fixture)")
+    for option in OPTIONS:
+        default = f"default: {option.default}" if option.default else "no default"
+        group.addoption(option.flag, dest=option.ini, type=_argparse_type(option), default=None,
+                        metavar=option.metavar, help=f"{option.help} (ini: {option.ini}; {default})")
+        parser.addini(option.ini, help=option.help, type="string", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    try:
+        settings = Settings.from_sources(
+            enabled=config.getoption("llmperf"),
+            cli={o.name: config.getoption(o.ini) for o in OPTIONS},
+            ini={o.name: config.getini(o.ini) for o in OPTIONS},
+            rootdir=config.rootpath,
+        )
+    except SettingsError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[SETTINGS] = settings
+    if not settings.enabled:
+        return
+
+    from pytest_llmperf.session import RunSession
+    from pytest_llmperf.store import HistoryError
+
+    worker_input = getattr(config, "workerinput", None)
+    try:
+        config.stash[SESSION] = RunSession.start(
+            settings,
+            run_id=None if worker_input is None else worker_input["llmperf_run_id"],
+            project_root=config.rootpath,
+            argv=tuple(config.invocation_params.args),
+        )
+    except HistoryError as e:
+        raise pytest.UsageError(str(e)) from None
+    if worker_input is None:
+        config.pluginmanager.register(_Summary(config.stash[SESSION]), "llmperf-summary")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "llmperf-xdist")
+
+
+class _XdistHooks:
+    """Registered only where pytest-xdist is installed (its hooks are unknown otherwise)."""
+
+    @pytest.hookimpl
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["llmperf_run_id"] = node.config.stash[SESSION].run_id
+
+
+def _marker_kwargs(definition: pytest.Function) -> tuple[tuple[object, ...], dict[str, object]]:
+    """Arguments of every llmperf marker on the test, class and module; the closest wins per argument."""
+    args: tuple[object, ...] = ()
+    kwargs: dict[str, object] = {}
+    for mark in reversed(list(definition.iter_markers(MARKER))):
+        args = args + tuple(mark.args)
+        kwargs.update(mark.kwargs)
+    return args, kwargs
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    has_marker = metafunc.definition.get_closest_marker(MARKER) is not None
+    uses_llm = "llm" in metafunc.fixturenames
+    if not (has_marker or uses_llm):
+        return
+    args, kwargs = _marker_kwargs(metafunc.definition)
+    try:
+        cases = cases_from_marker(args, kwargs, metafunc.config.stash[SETTINGS])
+    except MarkerError as e:
+        raise pytest.Collector.CollectError(
+            f"{metafunc.definition.nodeid}: @pytest.mark.{MARKER}: {e}"
+        ) from None
+    if uses_llm:
+        metafunc.parametrize("llmperf_case", cases, ids=[c.id for c in cases])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[SETTINGS].enabled:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker(MARKER) is not None or "llm" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def llmperf_case(request: pytest.FixtureRequest) -> BenchCase:
+    """The (model, backend) case of this test; pytest-llmperf parametrizes it at collection."""
+    raise pytest.UsageError(f"{request.node.nodeid}: llmperf_case is set by pytest-llmperf at collection")
+
+
+@pytest.fixture
+def llm(request: pytest.FixtureRequest, llmperf_case: BenchCase) -> Generator[Any, None, None]:
+    """A model loaded under one backend (load time measured); call ``llm.generate(...)`` or ``llm.sweep()``."""
+    from pytest_llmperf.backends.base import BackendUnavailable
+    from pytest_llmperf.bench import Bench
+    from pytest_llmperf.devices import DeviceUnavailable
+    from pytest_llmperf.models.sources import ModelSourceError, ModelTooLarge
+
+    config = request.config
+    try:
+        bench = Bench.open(test_id=request.node.nodeid, case=llmperf_case, settings=config.stash[SETTINGS],
+                           progress=_progress(config))
+    except (ModelTooLarge, DeviceUnavailable, BackendUnavailable) as e:
+        pytest.skip(str(e))
+    except ModelSourceError as e:
+        pytest.fail(str(e), pytrace=False)
+    request.node.stash[BENCH] = bench
+    try:
+        yield bench
+    finally:
+        bench.close()
+
+
+def _progress(config: pytest.Config) -> Any:
+    from pytest_llmperf.progress import NullProgress, TerminalProgress
+
+    mode = config.stash[SETTINGS].progress
+    watched = (
+        sys.__stderr__ is not None and sys.__stderr__.isatty()
+        and not os.environ.get("CI") and config.get_verbosity() >= 0 and not hasattr(config, "workerinput")
+    )
+    if mode == "off" or (mode == "auto" and not watched):
+        return NullProgress()
+    capman = config.pluginmanager.getplugin("capturemanager")
+    return TerminalProgress(capman.global_and_fixture_disabled)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    result = yield
+    bench = item.stash.get(BENCH, None)
+    if bench is not None:
+        from pytest_llmperf.budgets import check_budgets, describe_miss
+
+        record = bench.record()
+        record = bench.record(check_budgets(bench.case.budgets, record))
+        item.stash[RECORD] = record
+        misses = [describe_miss(c, record) for c in record.budget_checks if c.outcome != "pass"]
+        if misses:
+            pytest.fail("llmperf budget missed:\n" + "\n".join(misses), pytrace=False)
+    return result
+
+
+_OUTCOME_RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if report.when == "setup":
+        item.stash[STARTED] = time.monotonic() - report.duration
+    outcome = report.outcome if report.when == "call" or not report.failed else "error"
+    if _OUTCOME_RANK[outcome] > _OUTCOME_RANK[item.stash.get(OUTCOME, "passed")]:
+        item.stash[OUTCOME] = outcome
+    if report.when == "teardown":
+        bench = item.stash.get(BENCH, None)
+        if bench is not None and RECORD not in item.stash:
+            item.stash[RECORD] = bench.record()  # the test body failed before budgets were checked
+        if RECORD in item.stash:
+            report.llmperf = item.stash[RECORD].to_dict()
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    result = yield
+    # the test has ended (teardown included): write it whole, or not at all
+    session = item.config.stash.get(SESSION, None)
+    record = item.stash.get(RECORD, None)
+    if session is not None and record is not None:
+        started = item.stash.get(STARTED, None)
+        session.record(record, test_outcome=item.stash.get(OUTCOME, "passed"),
+                       duration_s=None if started is None else time.monotonic() - started)
+    return result
+
+
+class _Summary:
+    """Collects every test's record from the reports (which pytest-xdist forwards) and prints them."""
+
+    def __init__(self, run: Any):
+        self._run = run
+        self._records: list[dict[str, Any]] = []
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = getattr(report, "llmperf", None)
+        if record is not None:
+            self._records.append(record)
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from pytest_llmperf.report.terminal import render_summary
+        from pytest_llmperf.results import BenchRecord
+
+        terminalreporter.write_sep("=", "llmperf summary")
+        records = [BenchRecord.from_dict(r) for r in self._records]
+        for block in render_summary(records, width=terminalreporter._tw.fullwidth):
+            terminalreporter.write(block)
+        terminalreporter.write_line(f"history: run {self._run.run_id} in {self._run.settings.db_path}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    run = session.config.stash.get(SESSION, None)
+    if run is not None:
+        run.finish(exitstatus)

@@ -1,0 +1,65 @@
+"""One run of the performance suite: its id, its history store, and the records it collects.
+
+Under pytest-xdist the controller creates the run and hands its id to the workers; each worker
+writes its own tests into the same run, so a whole ``pytest -n N`` session is one run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_llmperf.devices import DeviceUnavailable, device_kind, resolve_device
+from pytest_llmperf.environment import collect_environment, collect_run_context
+from pytest_llmperf.results import BenchRecord
+from pytest_llmperf.settings import DEFAULT_KNOBS, Settings, resolve_knobs
+from pytest_llmperf.store import HistoryStore
+
+#: pytest exit status -> run status
+_RUN_STATUS = {0: "complete", 1: "failed", 2: "interrupted", 5: "complete"}
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RunSession:
+    settings: Settings
+    store: HistoryStore
+    run_id: str
+    #: True in the process that owns the run (no xdist, or the xdist controller)
+    owns_run: bool
+    records: list[BenchRecord] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, settings: Settings, *, run_id: str | None, project_root: Path,
+              argv: tuple[str, ...]) -> RunSession:
+        """Open the store; a new run when ``run_id`` is None, else join the controller's run."""
+        store = HistoryStore.open(settings.db_path)
+        if run_id is not None:
+            return cls(settings=settings, store=store, run_id=run_id, owns_run=False)
+        run_id = new_run_id()
+        try:
+            default_device = resolve_knobs(settings.cli, settings.ini, DEFAULT_KNOBS).device
+            assert default_device is not None
+            try:
+                kind = device_kind(resolve_device(default_device))
+            except DeviceUnavailable:
+                kind = "cpu"  # the tests will be skipped with the reason; the run is still recorded
+            store.start_run(run_id, collect_environment(kind), collect_run_context(project_root, argv))
+        except BaseException:
+            store.close()
+            raise
+        return cls(settings=settings, store=store, run_id=run_id, owns_run=True)
+
+    def record(self, record: BenchRecord, *, test_outcome: str, duration_s: float | None) -> None:
+        self.store.record_test(self.run_id, record, test_outcome=test_outcome, duration_s=duration_s)
+
+    def finish(self, exitstatus: int) -> None:
+        try:
+            if self.owns_run:
+                self.store.finish_run(self.run_id, _RUN_STATUS.get(int(exitstatus), "failed"))
+        finally:
+            self.store.close()

@@ -1,0 +1,32 @@
+import pytest
+
+# In-process inner runs restore sys.modules afterwards, and a C extension imported for the first
+# time inside one (torch, tokenizers, ...) cannot be imported again in the next: import them here.
+import pytest_llmperf.backends.hf  # noqa: F401  (torch, transformers)
+import pytest_llmperf.bench  # noqa: F401
+import pytest_llmperf.models.synthetic  # noqa: F401
+import transformers.models.bloom.modeling_bloom  # noqa: F401
+import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+import transformers.models.llama.modeling_llama  # noqa: F401
+
+#: fast settings for inner runs: the plugin's logic, not the model's speed, is under test
+FAST = ("--llmperf", "-W", "ignore::pytest.PytestAssertRewriteWarning", "--llmperf-trials", "2", "--llmperf-warmups", "0", "--llmperf-new-tokens", "4",
+        "--llmperf-prompt-tokens", "8", "--llmperf-batch-sizes", "1", "-p", "no:cacheprovider")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> str:
+    """One synthetic-model cache for every inner run, so each tiny model is built once."""
+    return str(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def run_llmperf(pytester, model_cache):
+    """Run pytest with the plugin on the test files written in ``pytester``, with fast settings."""
+
+    def run(*args: str, subprocess: bool = False):
+        # "--option=value": a separate value that is an existing path would take part in choosing the rootdir
+        full = (f"--llmperf-model-cache={model_cache}", *FAST, *args)
+        return pytester.runpytest_subprocess(*full) if subprocess else pytester.runpytest(*full)
+
+    return run
