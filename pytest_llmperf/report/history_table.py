@@ -1,0 +1,28 @@
+"""``llmperf history``: recent results as a table."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from pytest_llmperf.store import ResultRow
+from pytest_llmperf.units import format_value
+
+
+def history_table(rows: list[ResultRow]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("started", "commit", "test", "model", "backend", "dtype", "world", "batch", "metric",
+                   "median", "IQR", "CV", "n", "outcome", "budget"):
+        table.add_column(column, justify="right" if column in ("world", "batch", "median", "IQR", "CV", "n")
+                         else "left")
+    for r in rows:
+        iqr = None if r.q1 is None or r.q3 is None else r.q3 - r.q1
+        table.add_row(*(escape(cell) for cell in (
+            r.started_at.replace("T", " ")[:19], (r.git_commit or "-")[:8], r.test_id, r.model_id, r.backend,
+            r.dtype, str(r.world_size), "-" if r.batch_size is None else str(r.batch_size), r.metric,
+            format_value(r.metric, r.value), format_value(r.metric, iqr),
+            "-" if r.cv is None else f"{r.cv:.1%}", "-" if r.n is None else str(r.n), r.outcome,
+            r.budget_outcome or "-",
+        )))
+    return table

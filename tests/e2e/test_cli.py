@@ -1,0 +1,76 @@
+"""The llmperf command."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_llmperf.cli import main
+from pytest_llmperf.environment import collect_environment, collect_run_context
+from pytest_llmperf.store import HistoryStore
+from tests.factories import make_generate, make_record
+
+
+@pytest.fixture
+def history(tmp_path):
+    path = tmp_path / "history.db"
+    with HistoryStore.open(path) as store:
+        store.start_run("run1", collect_environment("cpu"), collect_run_context(tmp_path, ("pytest",)))
+        store.record_test("run1", make_record(make_generate(1, 1.0), make_generate(8, 2.0)), test_outcome="passed")
+        store.finish_run("run1", "complete")
+    return path
+
+
+def test_history_shows_recent_results_as_a_table(history, capsys):
+    assert main(["history", "--db", str(history), "--metric", "tokens_per_s"]) == 0
+    out = capsys.readouterr().out
+    assert "metric" in out and "median" in out and "CV" in out
+    lines = [line for line in out.splitlines() if "tokens_per_s" in line]
+    assert len(lines) == 2
+    assert any("400 tokens/s" in line and " 8 " in line for line in lines)  # batch 8: 8 * 100 tokens / 2.0 s
+    assert any("100 tokens/s" in line and " 1 " in line for line in lines)
+    assert "t.py::test_x" in out
+
+
+def test_history_filters_and_limits(history, capsys):
+    assert main(["history", "--db", str(history), "--backend", "hf", "--last", "3"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "synthetic:llama-tiny" in line]
+    assert len(rows) == 3
+    assert main(["history", "--db", str(history), "--backend", "vllm"]) == 1
+    assert "no results match" in capsys.readouterr().err
+
+
+def test_history_without_a_database_says_how_to_make_one(tmp_path, capsys):
+    assert main(["history", "--db", str(tmp_path / "none.db")]) == 2
+    assert "run `pytest --llmperf` first" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_history_of_a_corrupt_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.db"
+    bad.write_text("not a database")
+    assert main(["history", "--db", str(bad)]) == 2
+    assert "not a readable SQLite database" in capsys.readouterr().err
+
+
+def test_plan_of_bloom_176b_from_the_config_alone(capsys):
+    assert main(["plan", "synthetic:bloom-176b", "--batch-sizes", "1,32", "--world-sizes", "1,8"]) == 0
+    out = capsys.readouterr().out
+    assert "176.25 B parameters" in out
+    assert "352.49" in out  # all weights on one rank
+    assert "44.06" in out  # weights per rank at 8 ranks
+    rows = [line for line in out.splitlines() if line.strip().startswith(("│", "┃")) and "GB" not in line]
+    assert len([r for r in rows if any(c.isdigit() for c in r)]) == 4
+
+
+def test_plan_of_an_unknown_model_is_a_clear_error(capsys):
+    assert main(["plan", "synthetic:bloom-9000"]) == 2
+    err = capsys.readouterr().err
+    assert "bloom-9000" in err and "bloom-176b" in err
+
+
+def test_the_console_script_is_installed():
+    exe = Path(sys.executable).parent / "llmperf"  # installed beside the interpreter running the tests
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "history" in out and "plan" in out
