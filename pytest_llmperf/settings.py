@@ -105,7 +105,7 @@ class Option:
 
     name: str
     parse: Callable[[str], Any]
-    default: str | None
+    default: str
     help: str
     metavar: str = "VALUE"
 
@@ -125,8 +125,7 @@ def _default_model_cache() -> str:
 
 OPTIONS: tuple[Option, ...] = (
     Option("db", str, ".llmperf/history.db", "SQLite history file (relative paths: to the rootdir)", "PATH"),
-    Option("model_cache", str, None, "where synthetic models are built once and kept "
-           "(default $XDG_CACHE_HOME/pytest-llmperf/models)", "DIR"),
+    Option("model_cache", str, _default_model_cache(), "where synthetic models are built once and kept", "DIR"),
     Option("models", model_list, "synthetic:bloom-tiny,synthetic:llama-tiny",
            "models for performance tests whose marker names none", "LIST"),
     Option("backends", backend_list, "hf", "backends for performance tests whose marker names none", "LIST"),
@@ -211,10 +210,10 @@ class Settings:
                 if source.get(name) is not None:
                     return source[name]
             option = OPTIONS_BY_NAME[name]
-            return None if option.default is None else option.parse(option.default)
+            return option.parse(option.default)
 
         db = Path(os.path.expanduser(pick("db")))
-        cache = pick("model_cache") or _default_model_cache()
+        cache = pick("model_cache")
         return cls(
             enabled=enabled,
             db_path=db if db.is_absolute() else rootdir / db,

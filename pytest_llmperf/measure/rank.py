@@ -5,7 +5,6 @@ This is the only place generate calls are timed, so every backend and launcher m
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 
 import numpy as np
@@ -102,7 +101,6 @@ class RankRunner:
             for i in range(config.warmups):
                 report(f"{label}: warm-up", i, config.warmups)
                 self._timed(inputs, config.new_tokens)
-            gc.collect()
             self._memory.start()
             if self._energy:
                 self._energy.start()

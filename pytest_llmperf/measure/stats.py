@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,8 @@ class Stats:
     def of(cls, values: Sequence[float]) -> Stats:
         if len(values) == 0:
             raise ValueError("Stats.of needs at least one value")
+        import numpy as np  # here, not at import: the plugin module loads in every pytest session
+
         a = np.asarray(values, dtype=float)
         q1, median, q3 = np.percentile(a, [25, 50, 75])
         mean = float(a.mean())

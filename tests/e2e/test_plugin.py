@@ -224,3 +224,14 @@ def test_an_interrupted_run_keeps_finished_tests_and_is_marked_interrupted(pytes
     with HistoryStore.open(db) as store:
         assert {r.test_id for r in store.recent_results(last=100)} == {
             "test_an_interrupted_run_keeps_finished_tests_and_is_marked_interrupted.py::test_1_finishes[llama-tiny-hf]"}
+
+
+def test_progress_shows_on_request_and_stays_out_of_logs_otherwise(pytester, run_llmperf):
+    pytester.makepyfile(PASSING)
+    shown = run_llmperf("--llmperf-progress", "on", subprocess=True)
+    shown.assert_outcomes(passed=1)
+    assert "loading synthetic:llama-tiny (hf, float32, cpu)" in shown.stderr.str()
+    assert "synthetic:llama-tiny: batch 1: trials" in shown.stderr.str()
+    quiet = run_llmperf(subprocess=True)  # auto: the output is not a terminal
+    quiet.assert_outcomes(passed=1)
+    assert "loading synthetic:llama-tiny" not in quiet.stderr.str() + quiet.stdout.str()
