@@ -198,25 +198,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if _OUTCOME_RANK[outcome] > _OUTCOME_RANK[item.stash.get(OUTCOME, "passed")]:
         item.stash[OUTCOME] = outcome
     if report.when == "teardown":
-        bench = item.stash.get(BENCH, None)
-        if bench is not None and RECORD not in item.stash:
-            item.stash[RECORD] = bench.record()  # the test body failed before budgets were checked
-        if RECORD in item.stash:
-            report.llmperf = item.stash[RECORD].to_dict()
+        _record_finished_test(item, report)
     return report
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
-    result = yield
-    # the test has ended (teardown included): write it whole, or not at all
-    session = item.config.stash.get(SESSION, None)
+def _record_finished_test(item: pytest.Item, report: pytest.TestReport) -> None:
+    """The test has ended, fixtures torn down: write it whole (one transaction) or not at all.
+
+    Done while making the teardown report, so that under pytest-xdist the record reaches the
+    controller's summary and a failed write fails this test where everyone sees it.
+    """
+    from pytest_llmperf.store import HistoryError
+
+    bench = item.stash.get(BENCH, None)
+    if bench is not None and RECORD not in item.stash:
+        item.stash[RECORD] = bench.record()  # the test body failed before budgets were checked
     record = item.stash.get(RECORD, None)
-    if session is not None and record is not None:
-        started = item.stash.get(STARTED, None)
+    session = item.config.stash.get(SESSION, None)
+    if record is None or session is None:
+        return
+    report.llmperf = record.to_dict()
+    started = item.stash.get(STARTED, None)
+    try:
         session.record(record, test_outcome=item.stash.get(OUTCOME, "passed"),
                        duration_s=None if started is None else time.monotonic() - started)
-    return result
+    except HistoryError as e:
+        report.outcome = "failed"
+        report.longrepr = f"llmperf: this test's results could not be written to the history: {e}"
 
 
 class _Summary:

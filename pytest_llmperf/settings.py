@@ -20,24 +20,22 @@ from pytest_llmperf.models.dtypes import parse_dtype
 from pytest_llmperf.models.spec import parse_model_spec
 
 
-def positive_int(text: str | int) -> int:
+def _int_at_least(text: str | int, minimum: int, wanted: str) -> int:
     try:
         value = int(text)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"expected a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise ValueError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def positive_int(text: str | int) -> int:
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def non_negative_int(text: str | int) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def _items(text: str) -> list[str]:

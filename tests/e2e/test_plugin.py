@@ -235,3 +235,27 @@ def test_progress_shows_on_request_and_stays_out_of_logs_otherwise(pytester, run
     quiet = run_llmperf(subprocess=True)  # auto: the output is not a terminal
     quiet.assert_outcomes(passed=1)
     assert "loading synthetic:llama-tiny" not in quiet.stderr.str() + quiet.stdout.str()
+
+
+def test_a_history_that_cannot_be_written_fails_the_test_that_could_not_be_recorded(pytester, run_llmperf):
+    pytester.makepyfile(PASSING)
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_configure(config):
+            from pytest_llmperf.plugin import SESSION
+            from pytest_llmperf.store import HistoryError
+
+            def refuse(*args, **kwargs):
+                raise HistoryError("history.db: database or disk is full")
+
+            config.stash[SESSION].store.record_test = refuse
+    """)
+    result = run_llmperf()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_generous*",
+        "*llmperf: this test's results could not be written to the history: history.db: database or disk is full*",
+    ])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
