@@ -74,3 +74,14 @@ def test_the_console_script_is_installed():
     exe = Path(sys.executable).parent / "llmperf"  # installed beside the interpreter running the tests
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "history" in out and "plan" in out
+
+
+def test_plan_from_a_config_json(tmp_path, capsys):
+    from pytest_llmperf.models.shapes import shape_config
+
+    shape_config("gpt2-tiny").save_pretrained(tmp_path)
+    assert main(["plan", f"synthetic:{tmp_path / 'config.json'}", "--dtype", "float32", "--batch-sizes", "4",
+                 "--world-sizes", "1", "--prompt-tokens", "10", "--new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    # gpt2-tiny: 2 layers, 4 heads of 16, float32: 2 * 2 * 4 * 16 * (10 + 6) * 4 sequences * 4 bytes
+    assert f"{2 * 2 * 4 * 16 * 16 * 4 * 4 / 1e9:.3g}" in out

@@ -259,3 +259,21 @@ def test_a_history_that_cannot_be_written_fails_the_test_that_could_not_be_recor
         "*llmperf: this test's results could not be written to the history: history.db: database or disk is full*",
     ])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_a_local_checkpoint_directory_is_a_model(pytester, run_llmperf, synthetic_cache):
+    from pytest_llmperf.models.spec import parse_model_spec
+    from pytest_llmperf.models.synthetic import ensure_synthetic
+
+    checkpoint = ensure_synthetic(parse_model_spec("synthetic:gpt2-tiny"), "float32", synthetic_cache)
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.llmperf(model={str(checkpoint)!r})
+        def test_local(llm):
+            assert llm.generate(batch_size=2).outcome == "ok"
+    """)
+    result = run_llmperf()
+    result.assert_outcomes(passed=1)
+    db = pytester.path / ".llmperf" / "history.db"
+    assert _db_rows(db, "select distinct model_id from results") == [(f"local:{checkpoint.name}",)]
