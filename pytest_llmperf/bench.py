@@ -13,7 +13,6 @@ from pytest_llmperf.case import BenchCase, knob_value, knobs_from
 from pytest_llmperf.devices import device_bandwidth, device_kind, device_memory_bytes, resolve_device
 from pytest_llmperf.launch.inline import InlineLauncher
 from pytest_llmperf.measure.roofline import decode_bw_util, decode_step_bytes
-from pytest_llmperf.models.dtypes import resolve_dtype
 from pytest_llmperf.models.plan import kv_cache_bytes
 from pytest_llmperf.models.sources import ResolvedModel, resolve_model
 from pytest_llmperf.models.spec import parse_model_spec
@@ -53,7 +52,7 @@ class Bench:
         device = resolve_device(knobs.device)
         spec = parse_model_spec(case.model)
         model = resolve_model(
-            spec, resolve_dtype(knobs.dtype, device_kind(device)), settings.model_cache, seed=knobs.seed,
+            spec, knobs.dtype, settings.model_cache, seed=knobs.seed,
             device_kind=device_kind(device), device_memory_bytes=device_memory_bytes(device),
             progress=lambda step: progress.update(f"{spec.model_id}: {step}"),
         )

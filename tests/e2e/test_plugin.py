@@ -34,7 +34,7 @@ def _db_rows(path, sql):
 
 
 def test_without_the_flag_performance_tests_are_skipped(pytester):
-    pytester.makepyfile(PASSING + "\n\ndef test_plain():\n    assert True\n")
+    pytester.makepyfile(PASSING + "\n\ndef test_plain():\n    assert sum([1, 2]) == 3\n")
     result = pytester.runpytest("-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*performance test: run with --llmperf*"])
