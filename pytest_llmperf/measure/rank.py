@@ -96,12 +96,14 @@ class RankRunner:
         report = progress or (lambda *_: None)
         label = f"batch {config.batch_size}"
         oom: str | None = None
+        measuring = False
         try:
             inputs = self._inputs(input_ids)
             for i in range(config.warmups):
                 report(f"{label}: warm-up", i, config.warmups)
                 self._timed(inputs, config.new_tokens)
             self._memory.start()
+            measuring = True
             if self._energy:
                 self._energy.start()
             trials = []
@@ -113,12 +115,15 @@ class RankRunner:
                                     new_tokens=config.new_tokens))
             joules = self._energy.stop() if self._energy else None
             memory = self._memory.stop()
+            measuring = False
             report(f"{label}: trials", config.trials, config.trials)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             oom = f"out of memory on {self.device}: {str(exc).strip().splitlines()[0][:300]}"
         if oom is not None:
+            if measuring:
+                self._memory.stop()  # a sampling meter's thread must not outlive the span
             # outside the except block, so the traceback's frames no longer pin the tensors
             free_memory(self.device)
             return GenerateResult(config=config, outcome="oom", error=oom)

@@ -98,3 +98,15 @@ def test_load_phases_are_recorded_in_order(tmp_path):
     assert [name for name, _ in load.phases] == ["read", "place"]
     assert load.weights_bytes == 123 and load.devices == ("cpu",)
     assert load.page_cache.state == "unknown"  # no weight files in the directory
+
+
+def test_out_of_memory_stops_a_sampling_memory_meter(monkeypatch):
+    import threading
+
+    from pytest_llmperf.measure import memory
+
+    monkeypatch.setattr(memory, "_reset_vmhwm", lambda: False)  # as where clear_refs is not allowed
+    runner = RankRunner(FakeBackend(oom_at_batch=8), "cpu")
+    assert runner.generate(GenerateConfig(8, 4, 5, trials=2, warmups=0), _ids(8)).outcome == "oom"
+    assert not [t for t in threading.enumerate() if t.name == "llmperf-rss-sampler"]
+    assert runner.generate(GenerateConfig(2, 4, 5, trials=2, warmups=0), _ids(2)).memory.method == "sampled"
