@@ -20,7 +20,6 @@ from pytest_llmperf.progress import NullProgress, Progress
 from pytest_llmperf.prompts import prompt_token_ids
 from pytest_llmperf.results import (
     BenchRecord,
-    BudgetCheck,
     GenerateConfig,
     GenerateResult,
     LoadResult,
@@ -42,6 +41,7 @@ class Bench:
         self._settings = settings
         self._launcher = launcher
         self._progress = progress
+        self._bandwidth = device_bandwidth(device)  # the device's peak memory bandwidth, None if unknown
 
     @classmethod
     def open(cls, *, test_id: str, case: BenchCase, settings: Settings,
@@ -117,26 +117,26 @@ class Bench:
         config, dtype = result.config, self.model.dtype
         kv = kv_cache_bytes(self.model.config, config.batch_size, config.prompt_tokens + config.new_tokens, dtype)
         util = None
-        bandwidth = device_bandwidth(self.device)
-        if result.outcome == "ok" and bandwidth:
+        if result.outcome == "ok" and self._bandwidth:
             mid_decode = config.prompt_tokens + config.new_tokens // 2
             step = decode_step_bytes(self.load.weights_bytes,
                                      kv_cache_bytes(self.model.config, config.batch_size, mid_decode, dtype))
-            util = decode_bw_util(step, result.stats("tpot_ms").median, bandwidth)
+            util = decode_bw_util(step, result.stats("tpot_ms").median, self._bandwidth)
         return replace(result, kv_cache_bytes=kv, decode_bw_util=util)
 
-    def record(self, budget_checks: tuple[BudgetCheck, ...] = ()) -> BenchRecord:
+    def record(self) -> BenchRecord:
+        """Everything measured so far (budgets are checked on it by the plugin)."""
+        assert self.knobs.seed is not None
         return BenchRecord(
             test_id=self.test_id,
             model=self.model.identity,
             backend=self.case.backend,
             variant=self.case.variant,
             world_size=self._launcher.world_size,
-            seed=self.knobs.seed or 0,
+            seed=self.knobs.seed,
             load=self.load,
             first_generate_s=self.first_generate_s,
             generates=tuple(self.results),
-            budget_checks=budget_checks,
         )
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -177,8 +178,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     if bench is not None:
         from pytest_llmperf.budgets import check_budgets, describe_miss
 
-        record = bench.record()
-        record = bench.record(check_budgets(bench.case.budgets, record))
+        measured = bench.record()
+        record = replace(measured, budget_checks=check_budgets(bench.case.budgets, measured))
         item.stash[RECORD] = record
         misses = [describe_miss(c, record) for c in record.budget_checks if c.outcome != "pass"]
         if misses:

@@ -49,7 +49,7 @@ def _header(record: BenchRecord) -> str:
     return " · ".join(parts)
 
 
-def test_table(record: BenchRecord) -> Table:
+def summary_table(record: BenchRecord) -> Table:
     """Rows are batch sizes; budgets of no measured batch (load metrics, batch sizes never run) go on the first row."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("batch", "ttft_ms", "tpot_ms", "tokens/s", "ms/token", "peak mem", "budgets"):
@@ -76,4 +76,4 @@ def render_summary(records: list[BenchRecord], width: int) -> list[str]:
     if not records:
         return ["no performance test recorded a measurement\n"]
     ordered = sorted(records, key=lambda r: r.test_id)  # pytest-xdist reports in completion order
-    return [f"{r.test_id}\n{_header(r)}\n{render_table(test_table(r), width)}" for r in ordered]
+    return [f"{r.test_id}\n{_header(r)}\n{render_table(summary_table(r), width)}" for r in ordered]
