@@ -24,9 +24,21 @@ class LoadRequest:
     checkpoint: Path
     #: canonical dtype name: "float32", "float16" or "bfloat16"
     dtype: str
-    #: "cpu" or "cuda:N": the one device this rank may use
+    #: "cpu" or "cuda:N": this rank's device (for a one-process backend, the first of ``devices``)
     device: str
     variant: str = "default"
+    #: every device this process may use, in order; a one-process backend that spreads a model over
+    #: several devices (accelerate) uses exactly these. Empty means ``(device,)``.
+    devices: tuple[str, ...] = ()
+    rank: int = 0
+    #: ranks in the group (1 for in-process backends)
+    world_size: int = 1
+    #: a private, empty directory that lives as long as the loaded model (disk offload goes here)
+    scratch_dir: Path | None = None
+
+    @property
+    def leased_devices(self) -> tuple[str, ...]:
+        return self.devices or (self.device,)
 
 
 class BackendUnavailable(Exception):
@@ -57,7 +69,13 @@ class Backend(Protocol):
         """Bytes of the parameters this rank holds, each shared parameter counted once."""
 
     def devices(self) -> tuple[str, ...]:
-        """The devices holding this rank's part of the model."""
+        """The devices holding this rank's part of the model ("disk" included when offloaded)."""
+
+    def device_map(self) -> dict[str, str] | None:
+        """Module name -> device, where the backend places modules by a map (accelerate); else None."""
+
+    def module(self) -> torch.nn.Module:
+        """This rank's model, as torch sees it (the correctness checks perturb its weights)."""
 
     def close(self) -> None:
         """Free the model and its device memory."""
