@@ -32,5 +32,21 @@ class InlineLauncher:
                  progress: ProgressFn | None = None) -> GenerateResult:
         return self._runner.generate(config, input_ids, progress)
 
+    def tokens(self, input_ids: np.ndarray, new_tokens: int) -> list[np.ndarray]:
+        return [self._runner.tokens(input_ids, new_tokens)]
+
+    def perturb_weight(self, rank: int) -> str:
+        from pytest_llmperf.correctness import perturb_one_weight
+
+        assert rank == 0, "the inline launcher runs one rank"
+        return perturb_one_weight(self._runner.backend.module())
+
+    def limit_memory(self, headroom_bytes: int) -> list[int]:
+        """CUDA only: a limit on the host would bind pytest itself (``Bench`` refuses it on CPU)."""
+        from pytest_llmperf.measure.memory_limit import limit_memory
+
+        assert self._runner.device.startswith("cuda")
+        return [limit_memory(self._runner.device, headroom_bytes)]
+
     def close(self) -> None:
         self._runner.close()

@@ -82,6 +82,13 @@ class RankRunner:
         free_memory(self.device)
         return None
 
+    def tokens(self, input_ids: np.ndarray, new_tokens: int) -> np.ndarray:
+        """The greedy output (prompt + new tokens per row) as token ids, for correctness checks."""
+        inputs = self._inputs(input_ids)
+        output = self.backend.generate(inputs, new_tokens)
+        check_output(self.backend.id, output, inputs, new_tokens)
+        return output.cpu().numpy()
+
     def _timed(self, inputs, new_tokens: int) -> float:
         output, seconds = self._stopwatch.time(lambda: self.backend.generate(inputs, new_tokens))
         check_output(self.backend.id, output, inputs, new_tokens)

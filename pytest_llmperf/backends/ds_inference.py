@@ -1,0 +1,88 @@
+"""``ds-inference``: DeepSpeed-Inference tensor parallelism, one process per rank (tp_size = ranks).
+
+Variant "autotp" shards the transformers model with DeepSpeed's automatic tensor parallelism and
+runs it as it is. Variant "kernel-inject" replaces its blocks with DeepSpeed's fused CUDA kernels
+(``replace_with_kernel_inject=True``); where DeepSpeed refuses (no CUDA, an architecture or a
+transformers version it does not support) the test is skipped with DeepSpeed's own reason.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any, ClassVar
+
+import deepspeed
+import torch
+
+from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest, PhaseSpan
+from pytest_llmperf.backends.checkpoint import copy_into_memory, from_pretrained, parameters_bytes
+from pytest_llmperf.backends.generation import greedy_generate
+from pytest_llmperf.measure.clocks import device_sync
+from pytest_llmperf.models.dtypes import torch_dtype
+
+
+class DsInferenceBackend:
+    id: ClassVar[str] = "ds-inference"
+
+    def __init__(self) -> None:
+        self._engine: Any = None
+        self._device = "cpu"
+        self._sync = device_sync("cpu")
+
+    def load(self, request: LoadRequest, span: PhaseSpan) -> None:
+        kernel_inject = request.variant == "kernel-inject"
+        if kernel_inject and not request.device.startswith("cuda"):
+            # DeepSpeed's inference kernels exist for CUDA only ("not implemented on CPU backend")
+            raise BackendUnavailable("ds-inference kernel-inject needs CUDA: DeepSpeed has no CPU inference kernels")
+        self._device = request.device
+        self._sync = device_sync(request.device)
+        with span("read"):
+            model = from_pretrained(request.checkpoint, request.dtype)
+            if request.device == "cpu":
+                copy_into_memory(model)
+        with span("shard"):
+            try:
+                self._engine = deepspeed.init_inference(
+                    model,
+                    tensor_parallel={"tp_size": request.world_size},
+                    dtype=torch_dtype(request.dtype),
+                    replace_with_kernel_inject=kernel_inject,
+                )
+            except (RuntimeError, NotImplementedError, ValueError) as e:
+                if kernel_inject:  # DeepSpeed's refusals (version, architecture, device) are skips
+                    raise BackendUnavailable(f"DeepSpeed kernel injection: {e}") from e
+                raise
+            self._engine.module.eval()
+
+    @property
+    def input_device(self) -> str:
+        return self._device
+
+    def _loaded(self) -> Any:
+        if self._engine is None:
+            raise RuntimeError("the ds-inference backend has no model loaded; call load() first")
+        return self._engine
+
+    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        return greedy_generate(self._loaded().module, input_ids, new_tokens)
+
+    def synchronize(self) -> None:
+        self._sync()
+
+    def weights_bytes(self) -> int:
+        return parameters_bytes(self._loaded().module)
+
+    def devices(self) -> tuple[str, ...]:
+        return (self._device,)
+
+    def device_map(self) -> dict[str, str] | None:
+        return None
+
+    def module(self) -> torch.nn.Module:
+        return self._loaded().module
+
+    def close(self) -> None:
+        self._engine = None
+        gc.collect()
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()
