@@ -1,72 +1,138 @@
 """``Bench``: what the ``llm`` fixture gives a test body.
 
-One model, loaded under one backend when the fixture is set up, then driven by the test:
-``llm.generate(batch_size=8)`` or ``llm.sweep()``; every result is kept for the budgets and the history.
+One model, loaded under one backend on the devices the test leased when the fixture is set up, then
+driven by the test: ``llm.generate(batch_size=8)`` or ``llm.sweep()``; every result is kept for the
+budgets and the history. Backends other than ``hf`` first prove they generate ``hf``'s tokens.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pytest_llmperf.backends import backend_entry
 from pytest_llmperf.backends.base import LoadRequest
 from pytest_llmperf.case import BenchCase, knob_value, knobs_from
-from pytest_llmperf.devices import device_bandwidth, device_kind, device_memory_bytes, resolve_device
+from pytest_llmperf.correctness import CHECK_BATCH_SIZE, CHECK_NEW_TOKENS, compare_tokens, reference_tokens
+from pytest_llmperf.devices import device_bandwidth, device_memory_bytes
+from pytest_llmperf.launch.distributed import GroupSpec
+from pytest_llmperf.launch.group_launcher import GroupLauncher
 from pytest_llmperf.launch.inline import InlineLauncher
 from pytest_llmperf.measure.roofline import decode_bw_util, decode_step_bytes
-from pytest_llmperf.models.plan import kv_cache_bytes
+from pytest_llmperf.models.plan import capacity_problem, kv_cache_bytes
 from pytest_llmperf.models.sources import ResolvedModel, resolve_model
 from pytest_llmperf.models.spec import parse_model_spec
 from pytest_llmperf.progress import NullProgress, Progress
 from pytest_llmperf.prompts import prompt_token_ids
 from pytest_llmperf.results import (
     BenchRecord,
+    CorrectnessCheck,
     GenerateConfig,
     GenerateResult,
     LoadResult,
 )
 from pytest_llmperf.settings import Knobs, Settings
 
+if TYPE_CHECKING:
+    from pytest_llmperf.pool import Lease
+
+Launcher = InlineLauncher | GroupLauncher
+
+
+class MemoryLimitUnsupported(Exception):
+    """A memory limit asked for where it cannot be applied safely; the test is skipped with this reason."""
+
 
 class Bench:
     def __init__(self, *, test_id: str, case: BenchCase, settings: Settings, model: ResolvedModel,
-                 device: str, launcher: InlineLauncher, load: LoadResult, progress: Progress):
+                 device: str, launcher: Launcher, load: LoadResult, progress: Progress, scratch_dir: Path,
+                 reference: Any = None):
         self.test_id = test_id
         self.case = case
         self.model = model
         self.device = device
         self.load = load
+        self.launcher = launcher
+        #: greedy tokens compared with hf's (None for hf itself, or when hf cannot run the model here)
+        self.correctness: CorrectnessCheck | None = None
+        self.max_batch: int | None = None
         self.first_generate_s: float | None = None
+        self._reference = reference
+        self._scratch_dir = scratch_dir
         self._first_generate_pending = True
         self.results: list[GenerateResult] = []
         self._settings = settings
-        self._launcher = launcher
         self._progress = progress
         self._bandwidth = device_bandwidth(device)  # the device's peak memory bandwidth, None if unknown
 
     @classmethod
-    def open(cls, *, test_id: str, case: BenchCase, settings: Settings,
+    def open(cls, *, test_id: str, case: BenchCase, settings: Settings, lease: Lease,
              progress: Progress | None = None) -> Bench:
-        """Resolve (or build) the model and load it; raises ModelTooLarge / DeviceUnavailable to skip."""
+        """Resolve (or build) the model and load it on the leased devices.
+
+        Raises ModelTooLarge / BackendUnavailable / MemoryLimitUnsupported to skip, RankFailed to fail.
+        """
         progress = progress or NullProgress()
         knobs = case.knobs(settings)
-        device = resolve_device(knobs.device)
+        device = lease.devices[0].name
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        entry = backend_entry(case.backend)
+        if knobs.memory_headroom is not None and kind == "cpu" and entry.launch != "ranks":
+            raise MemoryLimitUnsupported(
+                f"memory_headroom on CPU limits the address space of the process: backend {case.backend} runs "
+                "inside pytest, so it cannot be limited; use a multi-process backend (ds-inference, ds-zero, hf-tp)"
+            )
         spec = parse_model_spec(case.model)
+        per_device = device_memory_bytes(device)
         model = resolve_model(
-            spec, knobs.dtype, settings.model_cache, seed=knobs.seed,
-            device_kind=device_kind(device), device_memory_bytes=device_memory_bytes(device),
+            spec, knobs.dtype, settings.model_cache, seed=knobs.seed, device_kind=kind,
+            device_memory_bytes=None if per_device is None else per_device * len(lease.devices),
             progress=lambda step: progress.update(f"{spec.model_id}: {step}"),
         )
-        progress.update(f"loading {spec.model_id} ({case.backend}, {model.dtype}, {device})")
-        launcher = InlineLauncher(case.backend, device)
+        reference = None
+        if case.backend != "hf":
+            progress.update(f"{spec.model_id}: reference tokens (hf)")
+            reference = _reference(model, device, knobs, settings)
+        progress.update(f"loading {spec.model_id} ({case.backend}, {model.dtype}, {', '.join(d.label for d in lease.devices)})")
+        scratch = Path(tempfile.mkdtemp(prefix="llmperf-"))
+        launcher: Launcher | None = None
         try:
-            load = launcher.load(LoadRequest(model.path, model.dtype, device, case.variant))
+            launcher = _launcher(case, entry, lease, settings, scratch)
+            load = launcher.load(LoadRequest(
+                model.path, model.dtype, device, case.variant, devices=tuple(d.name for d in lease.devices),
+                world_size=case.world_size, scratch_dir=scratch / "offload",
+            ))
+            if entry.launch != "ranks":
+                labels = {d.name: d.label for d in lease.devices}
+                load = replace(load, devices=tuple(labels.get(d, d) for d in load.devices))
+            bench = cls(test_id=test_id, case=case, settings=settings, model=model, device=device,
+                        launcher=launcher, load=load, progress=progress, scratch_dir=scratch, reference=reference)
+            if reference is not None:
+                bench.check_correctness()
+            if knobs.memory_headroom is not None:
+                launcher.limit_memory(knobs.memory_headroom)
         except BaseException:
-            launcher.close()
+            if launcher is not None:
+                launcher.close()
+            shutil.rmtree(scratch, ignore_errors=True)
             progress.close()
             raise
         progress.close()
-        return cls(test_id=test_id, case=case, settings=settings, model=model, device=device,
-                   launcher=launcher, load=load, progress=progress)
+        return bench
+
+    def check_correctness(self) -> CorrectnessCheck:
+        """Generate the reference's prompts greedily and compare every rank's tokens with hf's."""
+        assert self._reference is not None, "hf is the reference; it is not checked against itself"
+        input_ids, tokens = self._reference
+        outputs = self.launcher.tokens(input_ids, CHECK_NEW_TOKENS)
+        self.correctness = compare_tokens(
+            tokens, outputs, prompt_tokens=input_ids.shape[1],
+            exact=self.model.dtype == "float32" and not self.device.startswith("cuda"),
+        )
+        return self.correctness
 
     @property
     def knobs(self) -> Knobs:
@@ -99,8 +165,8 @@ class Bench:
         if self._first_generate_pending:
             self._first_generate_pending = False
             self._progress.update(f"{self.model.model_id}: first generate")
-            self.first_generate_s = self._launcher.first_generate(input_ids, config.new_tokens)
-        result = self._launcher.generate(
+            self.first_generate_s = self.launcher.first_generate(input_ids, config.new_tokens)
+        result = self.launcher.generate(
             config, input_ids,
             lambda what, done, total: self._progress.update(f"{self.model.model_id}: {what}", done, total),
         )
@@ -112,6 +178,49 @@ class Bench:
     def sweep(self) -> tuple[GenerateResult, ...]:
         """``generate`` at every configured batch size; an out-of-memory batch is recorded and the sweep goes on."""
         return tuple(self.generate(batch) for batch in self.batch_sizes)
+
+    def search_max_batch(self, limit: int) -> int:
+        """The largest batch (per stream, up to ``limit``) whose generate fits: doubling, then bisection.
+
+        Each probe is one unmeasured generate of the configured length (the KV cache grows with it).
+        Returns 0 when not even batch 1 fits; the answer is kept as ``max_batch``.
+        """
+        def fits(batch: int) -> bool:
+            return self._probe(batch).outcome == "ok"
+
+        fitting, failing = 0, None
+        batch = 1
+        while batch <= limit:
+            if not fits(batch):
+                failing = batch
+                break
+            fitting, batch = batch, batch * 2
+        if failing is None:
+            if fitting < limit and fits(limit):
+                fitting = limit
+            elif fitting < limit:
+                failing = limit
+        while failing is not None and failing - fitting > 1:
+            middle = (fitting + failing) // 2
+            if fits(middle):
+                fitting = middle
+            else:
+                failing = middle
+        self.max_batch = fitting
+        return fitting
+
+    def _probe(self, batch: int) -> GenerateResult:
+        knobs = self.knobs
+        assert knobs.prompt_tokens is not None and knobs.new_tokens is not None and knobs.seed is not None
+        config = GenerateConfig(batch_size=batch, prompt_tokens=knobs.prompt_tokens, new_tokens=knobs.new_tokens,
+                                trials=1, warmups=0)
+        self._progress.update(f"{self.model.model_id}: max batch, trying {batch}")
+        input_ids = prompt_token_ids(vocab_size=self.model.vocab_size, batch_size=batch,
+                                     prompt_tokens=config.prompt_tokens, seed=knobs.seed,
+                                     special_ids=self.model.special_token_ids)
+        result = self.launcher.generate(config, input_ids)
+        self._progress.close()
+        return result
 
     def _with_predictions(self, result: GenerateResult) -> GenerateResult:
         config, dtype = result.config, self.model.dtype
@@ -132,13 +241,49 @@ class Bench:
             model=self.model.identity,
             backend=self.case.backend,
             variant=self.case.variant,
-            world_size=self._launcher.world_size,
+            world_size=self.case.world_size,
             seed=self.knobs.seed,
             load=self.load,
             first_generate_s=self.first_generate_s,
             generates=tuple(self.results),
+            correctness=self.correctness,
+            max_batch=self.max_batch,
         )
 
     def close(self) -> None:
         self._progress.close()
-        self._launcher.close()
+        try:
+            self.launcher.close()
+        finally:
+            shutil.rmtree(self._scratch_dir, ignore_errors=True)
+
+
+def _reference(model: ResolvedModel, device: str, knobs: Knobs, settings: Settings) -> Any:
+    """(prompts, hf's greedy tokens) for the correctness check; None when hf cannot hold the model on one device."""
+    from pytest_llmperf.models.plan import weights_bytes
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if capacity_problem(weights_bytes(model.config, model.dtype), disk_dir=None, device_kind=kind,
+                        device_memory_bytes=device_memory_bytes(device)):
+        return None
+    assert knobs.prompt_tokens is not None and knobs.seed is not None
+    input_ids = prompt_token_ids(vocab_size=model.vocab_size, batch_size=CHECK_BATCH_SIZE,
+                                 prompt_tokens=knobs.prompt_tokens, seed=knobs.seed,
+                                 special_ids=model.special_token_ids)
+    return input_ids, reference_tokens(model, device, input_ids, CHECK_NEW_TOKENS, settings.model_cache)
+
+
+def _launcher(case: BenchCase, entry: Any, lease: Lease, settings: Settings, scratch: Path) -> Launcher:
+    device = lease.devices[0].name
+    if entry.launch != "ranks":
+        return InlineLauncher(case.backend, device)
+    spec = GroupSpec(
+        backend_id=case.backend, world_size=case.world_size,
+        device_kind="cuda" if device.startswith("cuda") else "cpu",
+        log_dir=scratch / "logs", cuda_visible_devices=lease.cuda_visible_devices(),
+        timeout_s=settings.rank_timeout_s,
+        # DeepSpeed compiles its CPU communication op on first use: keep it with the models, built once
+        env={"TORCH_EXTENSIONS_DIR": str(settings.model_cache.parent / "torch-extensions")},
+    )
+    return GroupLauncher(spec, labels=tuple(d.label for d in lease.devices),
+                         independent_streams=entry.independent_streams)

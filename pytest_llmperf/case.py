@@ -11,17 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmperf.backends import BACKEND_IDS, backend_variants
+from pytest_llmperf.backends import BACKEND_IDS, backend_entry, backend_variants, is_import_path
 from pytest_llmperf.budgets import Budget, BudgetError, merge_budgets, parse_budgets
 from pytest_llmperf.models.spec import parse_model_spec
 from pytest_llmperf.settings import DEFAULT_KNOBS, KNOB_NAMES, OPTIONS_BY_NAME, Knobs, Settings, resolve_knobs
 
 MARKER = "llmperf"
 MARKER_HELP = (
-    "llmperf(model=, backend=, variant=, budgets=, trials=, warmups=, batch_sizes=, prompt_tokens=, "
-    "new_tokens=, dtype=, device=, seed=): a performance test of an LLM; every argument is optional"
+    "llmperf(model=, backend=, variant=, world_size=, budgets=, trials=, warmups=, batch_sizes=, prompt_tokens=, "
+    "new_tokens=, dtype=, device=, seed=, memory_headroom=): a performance test of an LLM; every argument is optional"
 )
-ALLOWED_ARGS = ("model", "backend", "variant", "budgets", *KNOB_NAMES)
+ALLOWED_ARGS = ("model", "backend", "variant", "world_size", "budgets", *KNOB_NAMES)
 
 
 class MarkerError(ValueError):
@@ -37,10 +37,18 @@ class BenchCase:
     variant: str
     marker_knobs: Knobs
     budgets: tuple[Budget, ...]
+    #: ranks (multi-process backends) or devices of the one process (accelerate)
+    world_size: int = 1
 
     @property
     def id(self) -> str:
-        return f"{parse_model_spec(self.model).name}-{self.backend}"
+        """``<model>-<backend>``, then ``-<variant>`` unless it is the backend's default, then ``-ws<N>`` if N > 1."""
+        parts = [parse_model_spec(self.model).name, self.backend]
+        if self.variant != backend_variants(self.backend)[0]:
+            parts.append(self.variant)
+        if self.world_size != 1:
+            parts.append(f"ws{self.world_size}")
+        return "-".join(parts)
 
     def knobs(self, settings: Settings, call: Knobs = Knobs()) -> Knobs:
         """Resolved knobs: command line > arguments of the call > marker > ini file > defaults."""
@@ -62,6 +70,10 @@ def knob_value(name: str, value: object) -> Any:
         if not isinstance(items, list | tuple) or not all(type(v) is int for v in items):
             raise MarkerError(f"{name}={value!r}: expected an int or a list of ints, e.g. [1, 8, 32]")
         text = ",".join(str(v) for v in items)
+    elif name == "memory_headroom":
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise MarkerError(f"{name}={value!r}: expected a byte size such as '300MB' or a number of bytes")
+        text = str(value)
     elif name in ("dtype", "device"):
         if not isinstance(value, str):
             raise MarkerError(f"{name}={value!r}: expected a string ({option.help})")
@@ -80,7 +92,9 @@ def knobs_from(kwargs: Mapping[str, object]) -> Knobs:
     return Knobs(**{name: knob_value(name, kwargs[name]) for name in KNOB_NAMES if kwargs.get(name) is not None})
 
 
-def cases_from_marker(args: tuple[object, ...], kwargs: Mapping[str, object], settings: Settings) -> list[BenchCase]:
+def cases_from_marker(args: tuple[object, ...], kwargs: Mapping[str, object], settings: Settings,
+                      pool_size: int = 1) -> list[BenchCase]:
+    """``pool_size``: devices in the pool, for world sizes "auto"."""
     if args:
         raise MarkerError(f"positional arguments {args!r} are not accepted; use keywords: {', '.join(ALLOWED_ARGS)}")
     unknown = sorted(set(kwargs) - set(ALLOWED_ARGS))
@@ -95,17 +109,20 @@ def cases_from_marker(args: tuple[object, ...], kwargs: Mapping[str, object], se
             raise MarkerError(f"model={model!r}: {e}") from None
     backends = _strings("backend", kwargs["backend"]) if "backend" in kwargs else settings.backends
     for backend in backends:
-        if backend not in BACKEND_IDS:
+        if backend not in BACKEND_IDS and not is_import_path(backend):
             raise MarkerError(f"backend={backend!r}: unknown backend; allowed: {', '.join(BACKEND_IDS)}")
 
-    variant = kwargs.get("variant")
-    if variant is not None and not isinstance(variant, str):
-        raise MarkerError(f"variant={variant!r}: expected a string")
+    variants = _strings("variant", kwargs["variant"]) if "variant" in kwargs else None
+    backend_cases: list[tuple[str, str]] = []
     for backend in backends:
-        if variant is not None and variant not in backend_variants(backend):
+        known = backend_variants(backend)
+        chosen = [known[0]] if variants is None else [v for v in variants if v in known]
+        if not chosen:
             raise MarkerError(
-                f"variant={variant!r}: backend {backend} has the variants {', '.join(backend_variants(backend))}"
+                f"variant={kwargs['variant']!r}: backend {backend} has none of these; its variants: {', '.join(known)}"
             )
+        backend_cases += [(backend, v) for v in chosen]
+    world_sizes = _world_sizes(kwargs["world_size"]) if "world_size" in kwargs else None
 
     try:
         marker_budgets = parse_budgets(kwargs["budgets"]) if "budgets" in kwargs else ()  # type: ignore[arg-type]
@@ -114,7 +131,31 @@ def cases_from_marker(args: tuple[object, ...], kwargs: Mapping[str, object], se
     budgets = merge_budgets(settings.ini_budgets, marker_budgets, settings.cli_budgets)
     knobs = knobs_from(kwargs)
     return [
-        BenchCase(model=m, backend=b, variant=variant or backend_variants(b)[0], marker_knobs=knobs, budgets=budgets)
+        BenchCase(model=m, backend=b, variant=v, marker_knobs=knobs, budgets=budgets, world_size=w)
         for m in models
-        for b in backends
+        for b, v in backend_cases
+        for w in (world_sizes or default_world_sizes(b, settings.world_sizes, pool_size))
     ]
+
+
+def _world_sizes(value: object) -> tuple[int, ...]:
+    items = [value] if isinstance(value, int) else value
+    if not isinstance(items, list | tuple) or not items or not all(type(v) is int and v > 0 for v in items):
+        raise MarkerError(f"world_size={value!r}: expected a positive int or a list of them, e.g. [1, 2, 4]")
+    return tuple(items)
+
+
+def default_world_sizes(backend: str, configured: tuple[int, ...] | None, pool_size: int) -> tuple[int, ...]:
+    """World sizes when the marker names none: the configured list, or (auto) 1, 2, 4, ... up to the pool.
+
+    Auto gives a one-device backend (``hf``) world size 1 only; an explicit list is taken as asked,
+    and a size the backend or the pool cannot run is skipped with the reason.
+    """
+    if configured is not None:
+        return configured
+    limit = backend_entry(backend).max_world_size or pool_size
+    sizes, n = [], 1
+    while n <= max(1, min(limit, pool_size)):
+        sizes.append(n)
+        n *= 2
+    return tuple(sizes)

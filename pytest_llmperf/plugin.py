@@ -27,6 +27,7 @@ BENCH = pytest.StashKey[Any]()  # Bench of the running test
 RECORD = pytest.StashKey[Any]()  # its final BenchRecord
 OUTCOME = pytest.StashKey[str]()
 STARTED = pytest.StashKey[float]()
+POOLS = pytest.StashKey[dict[str, Any]]()  # device setting -> DevicePool, discovered once
 
 
 def _argparse_type(option: Option) -> Callable[[str], Any]:
@@ -109,14 +110,40 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not (has_marker or uses_llm):
         return
     args, kwargs = _marker_kwargs(metafunc.definition)
+    settings = metafunc.config.stash[SETTINGS]
     try:
-        cases = cases_from_marker(args, kwargs, metafunc.config.stash[SETTINGS])
+        cases = cases_from_marker(args, kwargs, settings, pool_size=_default_pool_size(metafunc.config))
     except MarkerError as e:
         raise pytest.Collector.CollectError(
             f"{metafunc.definition.nodeid}: @pytest.mark.{MARKER}: {e}"
         ) from None
     if uses_llm:
         metafunc.parametrize("llmperf_case", cases, ids=[c.id for c in cases])
+
+
+def _pool(config: pytest.Config, device: str) -> Any:
+    """The device pool of a ``device`` setting; DeviceUnavailable when this machine lacks it."""
+    from pytest_llmperf.pool import pool_for_device
+
+    pools = config.stash.setdefault(POOLS, {})
+    if device not in pools:
+        settings = config.stash[SETTINGS]
+        pools[device] = pool_for_device(device, cpu_slots=settings.cpu_slots, lock_dir=settings.pool_dir)
+    return pools[device]
+
+
+def _default_pool_size(config: pytest.Config) -> int:
+    """Devices in the pool of the configured device, for world sizes "auto" (1 where it has none)."""
+    from pytest_llmperf.devices import DeviceUnavailable
+    from pytest_llmperf.settings import DEFAULT_KNOBS, resolve_knobs
+
+    settings = config.stash[SETTINGS]
+    device = resolve_knobs(settings.cli, settings.ini, DEFAULT_KNOBS).device
+    assert device is not None
+    try:
+        return len(_pool(config, device).devices)
+    except DeviceUnavailable:
+        return 1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -135,20 +162,47 @@ def llmperf_case(request: pytest.FixtureRequest) -> BenchCase:
 
 
 @pytest.fixture
-def llm(request: pytest.FixtureRequest, llmperf_case: BenchCase) -> Generator[Any, None, None]:
-    """A model loaded under one backend (load time measured); call ``llm.generate(...)`` or ``llm.sweep()``."""
-    from pytest_llmperf.backends.base import BackendUnavailable
-    from pytest_llmperf.bench import Bench
+def llmperf_lease(request: pytest.FixtureRequest, llmperf_case: BenchCase) -> Generator[Any, None, None]:
+    """The devices this test holds exclusively (``world_size`` of them) while its fixtures live."""
+    from pytest_llmperf.backends import backend_entry
     from pytest_llmperf.devices import DeviceUnavailable
+    from pytest_llmperf.pool import LeaseTimeout, PoolTooSmall
+
+    settings = request.config.stash[SETTINGS]
+    case = llmperf_case
+    limit = backend_entry(case.backend).max_world_size
+    if limit is not None and case.world_size > limit:
+        pytest.skip(f"backend {case.backend} runs on {limit} device(s): world size {case.world_size} does not apply")
+    device = case.knobs(settings).device
+    assert device is not None
+    try:
+        lease = _pool(request.config, device).lease(case.world_size, timeout_s=settings.lease_timeout_s,
+                                                    owner=request.node.nodeid)
+    except (DeviceUnavailable, PoolTooSmall) as e:
+        pytest.skip(str(e))
+    except LeaseTimeout as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+@pytest.fixture
+def llm(request: pytest.FixtureRequest, llmperf_case: BenchCase, llmperf_lease: Any) -> Generator[Any, None, None]:
+    """A model loaded under one backend on the leased devices; call ``llm.generate(...)`` or ``llm.sweep()``."""
+    from pytest_llmperf.backends.base import BackendUnavailable
+    from pytest_llmperf.bench import Bench, MemoryLimitUnsupported
+    from pytest_llmperf.launch.distributed import RankFailed
     from pytest_llmperf.models.sources import ModelSourceError, ModelTooLarge
 
     config = request.config
     try:
         bench = Bench.open(test_id=request.node.nodeid, case=llmperf_case, settings=config.stash[SETTINGS],
-                           progress=_progress(config))
-    except (ModelTooLarge, DeviceUnavailable, BackendUnavailable) as e:
+                           lease=llmperf_lease, progress=_progress(config))
+    except (ModelTooLarge, BackendUnavailable, MemoryLimitUnsupported) as e:
         pytest.skip(str(e))
-    except ModelSourceError as e:
+    except (ModelSourceError, RankFailed) as e:
         pytest.fail(str(e), pytrace=False)
     request.node.stash[BENCH] = bench
     try:
@@ -178,12 +232,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     if bench is not None:
         from pytest_llmperf.budgets import check_budgets, describe_miss
 
+        max_batch = item.config.stash[SETTINGS].max_batch
+        if max_batch:
+            bench.search_max_batch(max_batch)
         measured = bench.record()
         record = replace(measured, budget_checks=check_budgets(bench.case.budgets, measured))
         item.stash[RECORD] = record
+        problems = []
+        if record.correctness is not None and record.correctness.outcome == "mismatch":
+            problems.append(f"llmperf correctness: {bench.case.backend} does not generate what hf does: "
+                            f"{record.correctness.detail}")
         misses = [describe_miss(c, record) for c in record.budget_checks if c.outcome != "pass"]
         if misses:
-            pytest.fail("llmperf budget missed:\n" + "\n".join(misses), pytrace=False)
+            problems.append("llmperf budget missed:\n" + "\n".join(misses))
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
     return result
 
 

@@ -14,6 +14,7 @@ from pytest_llmperf.measure.stats import Stats
 
 Outcome = Literal["ok", "oom"]
 BudgetOutcome = Literal["pass", "miss", "unmeasured"]
+CorrectnessOutcome = Literal["match", "mismatch"]
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,10 @@ class LoadResult:
     weights_bytes: int
     memory: MemoryPeak
     page_cache: PageCache
-    #: devices the model was placed on, e.g. ("cpu",) or ("cuda:0",)
+    #: devices the model was placed on, e.g. ("cpu#0",) or ("cuda:0", "cuda:1"), "disk" when offloaded
     devices: tuple[str, ...]
+    #: (module, device) pairs where the backend placed modules by a map (accelerate)
+    device_map: tuple[tuple[str, str], ...] | None = None
 
     def metric_values(self) -> dict[str, float]:
         return {
@@ -168,6 +171,26 @@ class BudgetCheck:
 
 
 @dataclass(frozen=True)
+class CorrectnessCheck:
+    """Greedy tokens of this backend compared with the reference backend's, on the same model and prompts."""
+
+    reference: str
+    batch_size: int
+    new_tokens: int
+    #: new tokens compared, over every row and every rank that generated them
+    compared_tokens: int
+    matched_tokens: int
+    #: distinct token ids among the reference's new tokens (few: the comparison proves little)
+    distinct_reference_tokens: int
+    #: (rank, row, position among the new tokens) of the first difference
+    first_mismatch: tuple[int, int, int] | None
+    #: True where the tokens must match exactly (float32 on CPU); elsewhere a prefix must
+    exact: bool
+    outcome: CorrectnessOutcome
+    detail: str
+
+
+@dataclass(frozen=True)
 class BenchRecord:
     """Everything one performance test measured: the unit the store writes in one transaction."""
 
@@ -181,11 +204,16 @@ class BenchRecord:
     first_generate_s: float | None = None
     generates: tuple[GenerateResult, ...] = ()
     budget_checks: tuple[BudgetCheck, ...] = field(default=())
+    correctness: CorrectnessCheck | None = None
+    #: the largest batch that fitted, when searched (``--llmperf-max-batch``)
+    max_batch: int | None = None
 
     def load_metric_values(self) -> dict[str, float]:
         values = self.load.metric_values() if self.load else {}
         if self.first_generate_s is not None:
             values["first_generate_s"] = self.first_generate_s
+        if self.max_batch is not None:
+            values["max_batch"] = float(self.max_batch)
         return values
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,11 +236,22 @@ class BenchRecord:
                 memory=MemoryPeak(**load["memory"]),
                 page_cache=PageCache(**load["page_cache"]),
                 devices=tuple(load["devices"]),
+                device_map=None if load.get("device_map") is None
+                else tuple((str(m), str(d)) for m, d in load["device_map"]),
             ),
             first_generate_s=d.get("first_generate_s"),
             generates=tuple(_generate_from_dict(g) for g in d.get("generates", ())),
             budget_checks=tuple(BudgetCheck(**b) for b in d.get("budget_checks", ())),
+            correctness=_correctness_from_dict(d.get("correctness")),
+            max_batch=d.get("max_batch"),
         )
+
+
+def _correctness_from_dict(c: dict[str, Any] | None) -> CorrectnessCheck | None:
+    if c is None:
+        return None
+    mismatch = c.get("first_mismatch")
+    return CorrectnessCheck(**{**c, "first_mismatch": None if mismatch is None else tuple(mismatch)})
 
 
 def _generate_from_dict(g: dict[str, Any]) -> GenerateResult:

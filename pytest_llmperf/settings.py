@@ -81,10 +81,51 @@ def model_list(text: str) -> tuple[str, ...]:
 
 def backend_list(text: str) -> tuple[str, ...]:
     items = tuple(_items(text))
-    unknown = [i for i in items if i not in BACKEND_IDS]
+    unknown = [i for i in items if i not in BACKEND_IDS and ":" not in i]
     if not items or unknown:
         raise ValueError(f"unknown backend {', '.join(unknown) or text!r}; known backends: {', '.join(BACKEND_IDS)}")
     return items
+
+
+def world_sizes(text: str) -> tuple[int, ...] | None:
+    """'auto' (None: 1, 2, 4, ... up to the pool's size) or a list of positive integers."""
+    if text.strip() == "auto":
+        return None
+    items = _items(text)
+    try:
+        if items:
+            return tuple(positive_int(i) for i in items)
+    except ValueError:
+        pass
+    raise ValueError(f"expected 'auto' or a list of positive integers such as '1,2,4', got {text!r}")
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _default_pool_dir() -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"pytest-llmperf-{os.getuid()}", "pool")
+
+
+def memory_headroom(text: str) -> int | None:
+    """A byte size ('300MB', '2GiB', or bytes); '' or 'none' for no limit."""
+    from pytest_llmperf.units import parse_bytes
+
+    if text.strip().lower() in ("", "none"):
+        return None
+    value = int(parse_bytes(text))
+    if value <= 0:
+        raise ValueError(f"expected a positive byte size such as '300MB', got {text!r}")
+    return value
 
 
 def progress_mode(text: str) -> str:
@@ -135,8 +176,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", dtype, "auto", "float32, float16, bfloat16 or auto (bfloat16 on CUDA, float32 on CPU)", "DTYPE"),
     Option("device", device, "auto", "cpu, cuda, cuda:N or auto (cuda:0 when available)", "DEVICE"),
     Option("seed", non_negative_int, "0", "seed of the prompt token ids and of synthetic weights", "N"),
+    Option("memory_headroom", memory_headroom, "none",
+           "a real memory limit per rank: what the loaded model uses plus this much (e.g. 300MB); RLIMIT_AS "
+           "on CPU (multi-process backends only), the CUDA allocator's fraction on GPU", "SIZE"),
     Option("budgets", budget_text, "", "budgets for every performance test, e.g. 'load_s=30 tokens_per_s[8]=60'",
            "SPEC"),
+    Option("world_sizes", world_sizes, "auto",
+           "world sizes for performance tests whose marker names none: a list, or auto (1, 2, 4, ... "
+           "up to the device pool)", "LIST"),
+    Option("cpu_slots", positive_int, str(os.cpu_count() or 1),
+           "size of the device pool on a machine without CUDA (virtual CPU slots)", "N"),
+    Option("pool_dir", str, _default_pool_dir(),
+           "directory of the device pool's lock files, shared by every pytest process on this machine", "DIR"),
+    Option("lease_timeout", seconds, "3600", "seconds a test waits for free devices before it fails", "S"),
+    Option("rank_timeout", seconds, "600",
+           "seconds a rank may take over one command (load, generate) before its group is torn down", "S"),
+    Option("max_batch", non_negative_int, "0",
+           "search for the largest batch that fits, up to N (doubling, then bisection); 0: no search", "N"),
     Option("progress", progress_mode, "auto", "progress display: auto (a terminal, not CI, not -q), on, off",
            "MODE"),
 )
@@ -155,6 +211,7 @@ class Knobs:
     dtype: str | None = None
     device: str | None = None
     seed: int | None = None
+    memory_headroom: int | None = None
 
 
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
@@ -184,6 +241,13 @@ class Settings:
     models: tuple[str, ...]
     backends: tuple[str, ...]
     progress: str
+    #: None: "auto" (powers of two up to the pool's size)
+    world_sizes: tuple[int, ...] | None
+    cpu_slots: int
+    pool_dir: Path
+    lease_timeout_s: float
+    rank_timeout_s: float
+    max_batch: int
     cli: Knobs
     ini: Knobs
     cli_budgets: tuple[Budget, ...]
@@ -219,6 +283,12 @@ class Settings:
             models=pick("models"),
             backends=pick("backends"),
             progress=pick("progress"),
+            world_sizes=pick("world_sizes"),
+            cpu_slots=pick("cpu_slots"),
+            pool_dir=Path(os.path.expanduser(pick("pool_dir"))),
+            lease_timeout_s=pick("lease_timeout"),
+            rank_timeout_s=pick("rank_timeout"),
+            max_batch=pick("max_batch"),
             cli=Knobs(**{n: cli.get(n) for n in KNOB_NAMES}),
             ini=Knobs(**{n: ini_values.get(n) for n in KNOB_NAMES}),
             cli_budgets=cli.get("budgets") or (),

@@ -1,4 +1,9 @@
-"""Backends by id. Each lives in its own module and is imported only when a test uses it."""
+"""Backends by id. Each lives in its own module and is imported only when a test uses it.
+
+A backend of your own needs no registration: name it by import path, ``"my_package.module:MyBackend"``
+(importable by the test process and its ranks). Its class may set the class attributes ``variants``,
+``launch``, ``max_world_size`` and ``independent_streams`` (see ``BackendEntry``).
+"""
 
 from __future__ import annotations
 
@@ -16,25 +21,74 @@ class BackendEntry:
     target: str
     #: variants the backend knows; the first is the default
     variants: tuple[str, ...] = ("default",)
+    #: "inline": one process (the test's) using every leased device; "ranks": one process per rank
+    launch: str = "inline"
+    #: the most devices one inline process can use (None: as many as it leases)
+    max_world_size: int | None = None
+    #: True when each rank generates its own stream of prompts (ZeRO-3), so streams = ranks
+    independent_streams: bool = False
 
 
 REGISTRY: dict[str, BackendEntry] = {
-    "hf": BackendEntry("pytest_llmperf.backends.hf:HfBackend"),
+    "hf": BackendEntry("pytest_llmperf.backends.hf:HfBackend", max_world_size=1),
+    "accelerate": BackendEntry(
+        "pytest_llmperf.backends.accelerate:AccelerateBackend",
+        variants=("auto", "balanced", "balanced_low_0", "sequential", "cpu-offload", "disk-offload"),
+    ),
+    "ds-inference": BackendEntry(
+        "pytest_llmperf.backends.ds_inference:DsInferenceBackend",
+        variants=("autotp", "kernel-inject"), launch="ranks",
+    ),
+    "ds-zero": BackendEntry(
+        "pytest_llmperf.backends.ds_zero:DsZeroBackend",
+        variants=("default", "cpu-offload"), launch="ranks", independent_streams=True,
+    ),
+    "hf-tp": BackendEntry("pytest_llmperf.backends.hf_tp:HfTpBackend", launch="ranks"),
 }
 BACKEND_IDS: tuple[str, ...] = tuple(REGISTRY)
 
 
-def _entry(backend_id: str) -> BackendEntry:
+def is_import_path(backend_id: str) -> bool:
+    return ":" in backend_id
+
+
+def backend_entry(backend_id: str) -> BackendEntry:
+    if is_import_path(backend_id):
+        cls = _import(backend_id, backend_id)
+        defaults = BackendEntry(backend_id)
+        return BackendEntry(backend_id, **{
+            name: getattr(cls, name, getattr(defaults, name))
+            for name in ("variants", "launch", "max_world_size", "independent_streams")
+        })
     try:
         return REGISTRY[backend_id]
     except KeyError:
-        raise ValueError(f"unknown backend {backend_id!r}; known backends: {', '.join(BACKEND_IDS)}") from None
+        raise ValueError(
+            f"unknown backend {backend_id!r}; known backends: {', '.join(BACKEND_IDS)}, "
+            "or an import path 'package.module:Class'"
+        ) from None
 
 
 def backend_variants(backend_id: str) -> tuple[str, ...]:
-    return _entry(backend_id).variants
+    return backend_entry(backend_id).variants
 
 
 def backend_class(backend_id: str) -> type[Backend]:
-    module_name, class_name = _entry(backend_id).target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    """The implementation; BackendUnavailable (a skip) naming the package when one is not installed."""
+    return _import(backend_id if is_import_path(backend_id) else backend_entry(backend_id).target, backend_id)
+
+
+def _import(target: str, backend_id: str) -> type[Backend]:
+    from pytest_llmperf.backends.base import BackendUnavailable
+
+    module_name, class_name = target.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.startswith("pytest_llmperf") or module_name.startswith(e.name):
+            raise
+        raise BackendUnavailable(
+            f"backend {backend_id} needs the Python package {e.name.split('.')[0]!r}, which is not installed "
+            f"(pip install {e.name.split('.')[0]})"
+        ) from e
+    return getattr(module, class_name)

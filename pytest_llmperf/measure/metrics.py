@@ -45,6 +45,8 @@ _ALL = (
            "bytes of the loaded parameters (shared parameters counted once)"),
     Metric("load_peak_mem_bytes", "bytes", Better.LOWER, Scope.LOAD,
            "peak memory while loading (CUDA max allocated; host peak RSS on CPU)"),
+    Metric("max_batch", "sequences", Better.HIGHER, Scope.LOAD,
+           "largest batch per stream whose generate fits in memory (--llmperf-max-batch search)"),
     Metric("ttft_ms", "ms", Better.LOWER, Scope.GENERATE,
            "prefill: a generate with max_new_tokens=1 on the same batch and prompt"),
     Metric("tpot_ms", "ms", Better.LOWER, Scope.GENERATE,

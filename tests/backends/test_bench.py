@@ -11,15 +11,16 @@ from pytest_llmperf.settings import Settings
 
 
 @pytest.fixture
-def bench(synthetic_cache):
+def bench(synthetic_cache, cpu_pool):
     settings = Settings.from_sources(
         enabled=True, cli={"model_cache": str(synthetic_cache)},
         ini={"trials": "2", "warmups": "0", "new_tokens": "5", "prompt_tokens": "8", "batch_sizes": "1,3"},
         rootdir=Path("/unused"))
     (case,) = cases_from_marker((), {"model": "synthetic:llama-tiny"}, settings)
-    bench = Bench.open(test_id="t::x", case=case, settings=settings)
-    yield bench
-    bench.close()
+    with cpu_pool.lease(1, timeout_s=1, owner="t::x") as lease:
+        bench = Bench.open(test_id="t::x", case=case, settings=settings, lease=lease)
+        yield bench
+        bench.close()
 
 
 def test_sweep_measures_each_batch_size_with_predicted_kv_cache(bench):

@@ -44,7 +44,7 @@ def test_knobs_command_line_beats_call_beats_marker(settings):
         ((), {"batch_sizes": [1, 2.5]}, "expected an int or a list of ints"),
         ((), {"budgets": {"tokens_per_sec": 3}}, "unknown metric 'tokens_per_sec'"),
         ((), {"budgets": {"load_s": -3}}, ">= 0"),
-        ((), {"variant": "turbo"}, "backend hf has the variants default"),
+        ((), {"variant": "turbo"}, "backend hf has none of these; its variants: default"),
         ((), {"dtype": "int4"}, "int4"),
     ],
 )

@@ -1,0 +1,133 @@
+"""A fast wrong backend is a regression too: greedy tokens compared with the reference backend's.
+
+The reference is the ``hf`` backend on the same model, dtype and device kind, run once per model and
+kept next to it. In float32 on CPU every token must match. In half precision, or across devices,
+reductions run in other orders and a near-tie may flip one greedy choice, after which the sequences
+legitimately part: there the first ``HALF_PRECISION_PREFIX`` new tokens of every row must match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pytest_llmperf.results import CorrectnessCheck
+
+if TYPE_CHECKING:
+    from pytest_llmperf.models.sources import ResolvedModel
+
+#: new tokens compared per row; enough to see a wrong model, short enough to be cheap
+CHECK_NEW_TOKENS = 32
+CHECK_BATCH_SIZE = 2
+#: fewer distinct reference tokens than this and a comparison proves little
+MIN_DISTINCT_TOKENS = 8
+HALF_PRECISION_PREFIX = 8
+
+
+def compare_tokens(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_tokens: int, exact: bool,
+                   reference_name: str = "hf") -> CorrectnessCheck:
+    """Compare every rank's output (prompt + new tokens per row) with the reference's."""
+    ref_new = reference[:, prompt_tokens:]
+    rows, new_tokens = ref_new.shape
+    must_match = new_tokens if exact else min(HALF_PRECISION_PREFIX, new_tokens)
+    compared = matched = 0
+    first: tuple[int, int, int] | None = None
+    failed = False
+    for rank, output in enumerate(outputs):
+        if output.shape != reference.shape:
+            raise ValueError(f"rank {rank} returned tokens of shape {output.shape}, the reference {reference.shape}")
+        new = output[:, prompt_tokens:]
+        equal = new == ref_new
+        compared += equal.size
+        matched += int(equal.sum())
+        for row in range(rows):
+            differs = np.flatnonzero(~equal[row])
+            if differs.size:
+                position = int(differs[0])
+                if first is None or (rank, row, position) < first:
+                    first = (rank, row, position)
+                failed = failed or position < must_match
+    distinct = len(np.unique(ref_new))
+    if first is None:
+        detail = f"all {compared} new tokens match {reference_name}"
+    else:
+        rank, row, position = first
+        detail = (f"{compared - matched} of {compared} new tokens differ from {reference_name}; the first at "
+                  f"rank {rank}, row {row}, new token {position}: {int(outputs[rank][row, prompt_tokens + position])} "
+                  f"instead of {int(ref_new[row, position])}"
+                  + ("" if exact else f" (in this precision the first {must_match} tokens of each row must match)"))
+    if distinct < MIN_DISTINCT_TOKENS:
+        detail += f"; note: the reference has only {distinct} distinct new tokens, so this check proves little"
+    return CorrectnessCheck(
+        reference=reference_name, batch_size=rows, new_tokens=new_tokens, compared_tokens=compared,
+        matched_tokens=matched, distinct_reference_tokens=distinct, first_mismatch=first, exact=exact,
+        outcome="mismatch" if failed else "match", detail=detail,
+    )
+
+
+def perturb_one_weight(module: object) -> str:
+    """Change one weight matrix of a model in place (to prove a correctness check can fail).
+
+    Picks the first 2-D weight of the first decoder block's MLP and adds noise as large as the
+    weights. Under ZeRO-3 the parameter itself is an empty placeholder: its local partition
+    (``ds_tensor``) is perturbed instead. Returns the parameter's name.
+    """
+    import torch
+
+    assert isinstance(module, torch.nn.Module)
+    candidates = [(n, p) for n, p in module.named_parameters() if p.dim() == 2 or hasattr(p, "ds_tensor")]
+    name, param = next(((n, p) for n, p in candidates if "mlp" in n), candidates[0])
+    target = getattr(param, "ds_tensor", param)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        scale = float(target.float().std()) or 1.0
+        noise = torch.randn(target.shape, generator=generator) * 4 * scale
+        target.add_(noise.to(device=target.device, dtype=target.dtype))
+    return name
+
+
+def _reference_key(model: ResolvedModel, device_kind: str, input_ids: np.ndarray, new_tokens: int) -> str:
+    import torch
+    import transformers
+
+    weights = sorted(model.path.glob("*.safetensors")) + sorted(model.path.glob("*.bin"))
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    digest = hashlib.sha256(repr((
+        str(model.path), stamp, model.config_hash, model.dtype, device_kind, new_tokens,
+        input_ids.shape, input_ids.tobytes(), torch.__version__, transformers.__version__,
+    )).encode()).hexdigest()[:20]
+    return f"{model.model_id.replace('/', '--')}-{model.dtype}-{device_kind}-{digest}"
+
+
+def reference_tokens(model: ResolvedModel, device: str, input_ids: np.ndarray, new_tokens: int,
+                     cache_dir: Path) -> np.ndarray:
+    """The ``hf`` backend's greedy output on this model, prompts and device kind; computed once, then kept.
+
+    Kept under ``cache_dir`` (keyed by the checkpoint's files, dtype, device kind, prompts and library
+    versions), so each backend's check costs one generate, not a second load of the model.
+    """
+    from filelock import FileLock
+
+    from pytest_llmperf.backends.base import LoadRequest
+    from pytest_llmperf.launch.inline import InlineLauncher
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    directory = cache_dir / "references"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{_reference_key(model, kind, input_ids, new_tokens)}.npy"
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return np.load(path)
+        launcher = InlineLauncher("hf", device)
+        try:
+            launcher.load(LoadRequest(model.path, model.dtype, device))
+            tokens = launcher.tokens(input_ids, new_tokens)[0]
+        finally:
+            launcher.close()
+        partial = path.with_suffix(".partial.npy")
+        np.save(partial, tokens)
+        partial.replace(path)
+        return tokens
