@@ -311,7 +311,7 @@ class _Summary:
 
         terminalreporter.write_sep("=", "llmperf summary")
         records = [BenchRecord.from_dict(r) for r in self._records]
-        for block in render_summary(records, width=terminalreporter._tw.fullwidth):
+        for block in render_summary(records):  # natural width: a narrow terminal wraps, never cuts numbers
             terminalreporter.write(block)
         terminalreporter.write_line(f"history: run {self._run.run_id} in {self._run.settings.db_path}")
 

@@ -214,11 +214,20 @@ def _migrate_to_v1(db: sqlite_utils.Database) -> None:
     db.executescript(_SCHEMA_V1)
 
 
+def _migrate_to_v2(db: sqlite_utils.Database) -> None:
+    """Parallel backends: where a device map put each module, and whether the tokens matched hf's."""
+    db.executescript("""
+ALTER TABLE measurements ADD COLUMN device_map TEXT;
+ALTER TABLE tests ADD COLUMN correctness_outcome TEXT CHECK (correctness_outcome IN ('match', 'mismatch'));
+ALTER TABLE tests ADD COLUMN correctness TEXT;
+""")
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 
 #: ``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``. Append, never edit:
 #: files in the wild are at every version. Looked up at open time, so tests can extend it.
-MIGRATIONS: list[Migration] = [_migrate_to_v1]
+MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
@@ -415,6 +424,7 @@ def _prepare(record: BenchRecord) -> list[_Measurement]:
                 "page_cache_state": load.page_cache.state if load else None,
                 "page_cache_resident_fraction": load.page_cache.resident_fraction if load else None,
                 "phases": json.dumps([[n, s] for n, s in load.phases]) if load else None,
+                "device_map": json.dumps(dict(load.device_map)) if load and load.device_map else None,
             },
             trials=[],
             results=[_result_row(record, n, v, generate=None) for n, v in load_values.items()],
@@ -606,6 +616,8 @@ class HistoryStore:
                 "variant": record.variant,
                 "world_size": record.world_size,
                 "seed": record.seed,
+                "correctness_outcome": record.correctness.outcome if record.correctness else None,
+                "correctness": json.dumps(asdict(record.correctness)) if record.correctness else None,
             }).last_pk
             results: list[dict[str, Any]] = []
             for m in measurements:

@@ -11,6 +11,7 @@ from rich.table import Table
 from pytest_llmperf.results import BenchRecord, BudgetCheck, GenerateResult
 from pytest_llmperf.units import format_value
 
+
 def render_table(table: Table, width: int | None = None) -> str:
     """A rich table as plain text (no colour codes: it goes to terminals and CI logs alike).
 
@@ -46,12 +47,19 @@ def _header(record: BenchRecord) -> str:
             f"first generate {format_value('first_generate_s', record.first_generate_s)}",
             f"weights {format_value('weights_bytes', load.weights_bytes)} on {', '.join(load.devices)}",
         ]
+    streams = max((g.streams for g in record.generates), default=1)
+    if streams > 1:
+        parts.append(f"{streams} streams (one per rank): tokens/s counts them all")
+    if record.correctness is not None:
+        parts.append(f"tokens vs {record.correctness.reference}: {record.correctness.outcome}")
+    if record.max_batch is not None:
+        parts.append(f"max batch {record.max_batch}")
     return " · ".join(parts)
 
 
 def summary_table(record: BenchRecord) -> Table:
     """Rows are batch sizes; budgets of no measured batch (load metrics, batch sizes never run) go on the first row."""
-    table = Table(box=box.SIMPLE_HEAD)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("batch", "ttft_ms", "tpot_ms", "tokens/s", "ms/token", "peak mem", "budgets"):
         table.add_column(column, justify="left" if column == "budgets" else "right", no_wrap=column != "budgets")
     batches = {r.batch_size for r in record.generates}
@@ -72,7 +80,7 @@ def summary_table(record: BenchRecord) -> Table:
     return table
 
 
-def render_summary(records: list[BenchRecord], width: int) -> list[str]:
+def render_summary(records: list[BenchRecord], width: int | None = None) -> list[str]:
     if not records:
         return ["no performance test recorded a measurement\n"]
     ordered = sorted(records, key=lambda r: r.test_id)  # pytest-xdist reports in completion order

@@ -605,3 +605,33 @@ def test_recent_results_filters_orders_and_limits(store: HistoryStore) -> None:
         ("new", None, "pass", None, None), ("old", None, "pass", None, None)]
     with pytest.raises(ValueError):
         store.recent_results(last=-1)
+
+
+def test_v1_file_upgrades_to_v2_with_device_maps_and_correctness(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from pytest_llmperf.results import CorrectnessCheck
+
+    path = tmp_path / "history.db"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
+    with HistoryStore.open(path) as s:
+        assert s.schema_version() == 1
+        s.start_run("r1", ENV, CTX)
+    monkeypatch.undo()
+    check = CorrectnessCheck(reference="hf", batch_size=2, new_tokens=32, compared_tokens=128, matched_tokens=127,
+                             distinct_reference_tokens=20, first_mismatch=(1, 0, 30), exact=True,
+                             outcome="mismatch", detail="1 of 128 new tokens differ")
+    record = make_record()
+    record = replace(record, test_id="t2", correctness=check,
+                     load=replace(record.load, device_map=(("model.layers.0", "cpu"), ("model.layers.1", "disk"))))
+    with HistoryStore.open(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 2
+        s.record_test("r1", record, test_outcome="failed")
+        tests = {r["test_id"]: r for r in rows(s, "SELECT * FROM tests")}
+        assert tests["t2"]["correctness_outcome"] == "mismatch"
+        assert json.loads(tests["t2"]["correctness"])["first_mismatch"] == [1, 0, 30]
+        assert s.run("r1")["status"] == "running"  # the v1 run survived the upgrade
+        (load,) = rows(s, "SELECT m.device_map FROM measurements m JOIN tests t ON t.id = m.test_row_id "
+                          "WHERE t.test_id = 't2' AND m.kind = 'load'")
+        assert json.loads(load["device_map"]) == {"model.layers.0": "cpu", "model.layers.1": "disk"}
