@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmperf.backends import backend_entry
-from pytest_llmperf.backends.base import LoadRequest
+from pytest_llmperf.backends import backend_class, backend_entry
+from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest
 from pytest_llmperf.case import BenchCase, knob_value, knobs_from
 from pytest_llmperf.correctness import CHECK_BATCH_SIZE, CHECK_NEW_TOKENS, compare_tokens, reference_tokens
 from pytest_llmperf.devices import device_bandwidth, device_memory_bytes
@@ -92,6 +92,14 @@ class Bench:
             device_memory_bytes=None if per_device is None else per_device * len(lease.devices),
             progress=lambda step: progress.update(f"{spec.model_id}: {step}"),
         )
+        request = LoadRequest(
+            model.path, model.dtype, device, case.variant, devices=tuple(d.name for d in lease.devices),
+            world_size=case.world_size,
+        )
+        refuse = getattr(backend_class(case.backend), "unavailable_reason", None)
+        reason = refuse(request, model.config) if refuse is not None else None
+        if reason:
+            raise BackendUnavailable(reason)
         reference = None
         if case.backend != "hf":
             progress.update(f"{spec.model_id}: reference tokens (hf)")
@@ -101,10 +109,7 @@ class Bench:
         launcher: Launcher | None = None
         try:
             launcher = _launcher(case, entry, lease, settings, scratch)
-            load = launcher.load(LoadRequest(
-                model.path, model.dtype, device, case.variant, devices=tuple(d.name for d in lease.devices),
-                world_size=case.world_size, scratch_dir=scratch / "offload",
-            ))
+            load = launcher.load(replace(request, scratch_dir=scratch / "offload"))
             if entry.launch != "ranks":
                 labels = {d.name: d.label for d in lease.devices}
                 load = replace(load, devices=tuple(labels.get(d, d) for d in load.devices))

@@ -116,12 +116,11 @@ def cases_from_marker(args: tuple[object, ...], kwargs: Mapping[str, object], se
     backend_cases: list[tuple[str, str]] = []
     for backend in backends:
         known = backend_variants(backend)
-        chosen = [known[0]] if variants is None else [v for v in variants if v in known]
-        if not chosen:
-            raise MarkerError(
-                f"variant={kwargs['variant']!r}: backend {backend} has none of these; its variants: {', '.join(known)}"
-            )
-        backend_cases += [(backend, v) for v in chosen]
+        chosen = [known[0]] if variants is None else [v for v in known if v in variants]
+        backend_cases += [(backend, v) for v in chosen]  # a backend without the variants asked for sits out
+    if not backend_cases:
+        offered = "; ".join(f"{b}: {', '.join(backend_variants(b))}" for b in backends)
+        raise MarkerError(f"variant={kwargs['variant']!r}: no backend of this test has it; their variants: {offered}")
     world_sizes = _world_sizes(kwargs["world_size"]) if "world_size" in kwargs else None
 
     try:

@@ -46,6 +46,9 @@ class BackendUnavailable(Exception):
 
 
 class Backend(Protocol):
+    """A backend may also define ``unavailable_reason(request, config) -> str | None`` as a static method:
+    a reason it cannot run, checked in the test process before any rank is started."""
+
     id: ClassVar[str]
 
     def load(self, request: LoadRequest, span: PhaseSpan) -> None:

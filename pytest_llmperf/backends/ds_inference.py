@@ -29,11 +29,19 @@ class DsInferenceBackend:
         self._device = "cpu"
         self._sync = device_sync("cpu")
 
+    @staticmethod
+    def unavailable_reason(request: LoadRequest, config: Any) -> str | None:
+        """Why this cannot run, known before any rank starts (else None)."""
+        if request.variant == "kernel-inject" and not request.device.startswith("cuda"):
+            # DeepSpeed's inference kernels exist for CUDA only ("not implemented on CPU backend")
+            return "ds-inference kernel-inject needs CUDA: DeepSpeed has no CPU inference kernels"
+        return None
+
     def load(self, request: LoadRequest, span: PhaseSpan) -> None:
         kernel_inject = request.variant == "kernel-inject"
-        if kernel_inject and not request.device.startswith("cuda"):
-            # DeepSpeed's inference kernels exist for CUDA only ("not implemented on CPU backend")
-            raise BackendUnavailable("ds-inference kernel-inject needs CUDA: DeepSpeed has no CPU inference kernels")
+        reason = self.unavailable_reason(request, None)
+        if reason:
+            raise BackendUnavailable(reason)
         self._device = request.device
         self._sync = device_sync(request.device)
         with span("read"):

@@ -23,14 +23,19 @@ class HfTpBackend:
         self._device = "cpu"
         self._sync = device_sync("cpu")
 
-    def load(self, request: LoadRequest, span: PhaseSpan) -> None:
-        config = AutoConfig.from_pretrained(request.checkpoint, local_files_only=True)
+    @staticmethod
+    def unavailable_reason(request: LoadRequest, config: Any) -> str | None:
+        """Why this cannot run, known before any rank starts (else None)."""
         if not getattr(config, "base_model_tp_plan", None):
             # without a plan, transformers would silently load a full copy on every rank
-            raise BackendUnavailable(
-                f"transformers has no tensor-parallel plan for {config.model_type} "
-                "(config.base_model_tp_plan is empty), so hf-tp cannot shard it"
-            )
+            return (f"transformers has no tensor-parallel plan for {config.model_type} "
+                    "(config.base_model_tp_plan is empty), so hf-tp cannot shard it")
+        return None
+
+    def load(self, request: LoadRequest, span: PhaseSpan) -> None:
+        reason = self.unavailable_reason(request, AutoConfig.from_pretrained(request.checkpoint, local_files_only=True))
+        if reason:
+            raise BackendUnavailable(reason)
         self._device = request.device
         self._sync = device_sync(request.device)
         with span("read+shard"):

@@ -11,7 +11,7 @@ import transformers.models.llama.modeling_llama  # noqa: F401
 
 #: fast settings for inner runs: the plugin's logic, not the model's speed, is under test
 FAST = ("--llmperf", "-W", "ignore::pytest.PytestAssertRewriteWarning", "--llmperf-trials", "2", "--llmperf-warmups", "0", "--llmperf-new-tokens", "4",
-        "--llmperf-prompt-tokens", "8", "--llmperf-batch-sizes", "1", "-p", "no:cacheprovider")
+        "--llmperf-prompt-tokens", "8", "--llmperf-batch-sizes", "1", "--llmperf-backends", "hf", "-p", "no:cacheprovider")
 
 
 @pytest.fixture(scope="session")
