@@ -52,10 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(option.ini, help=option.help, type="string", default="")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER_HELP)
+def _settings(config: pytest.Config) -> Settings:
     try:
-        settings = Settings.from_sources(
+        return Settings.from_sources(
             enabled=config.getoption("llmperf"),
             cli={o.name: config.getoption(o.ini) for o in OPTIONS},
             ini={o.name: config.getini(o.ini) for o in OPTIONS},
@@ -63,6 +62,19 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except SettingsError as e:
         raise pytest.UsageError(str(e)) from None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` with ``--llmperf``: one worker per device of the pool (runs before pytest_configure)."""
+    if not config.getoption("llmperf"):
+        return None
+    return _default_pool_size(_settings(config))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    settings = _settings(config)
     config.stash[SETTINGS] = settings
     if not settings.enabled:
         return
@@ -112,7 +124,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     args, kwargs = _marker_kwargs(metafunc.definition)
     settings = metafunc.config.stash[SETTINGS]
     try:
-        cases = cases_from_marker(args, kwargs, settings, pool_size=_default_pool_size(metafunc.config))
+        cases = cases_from_marker(args, kwargs, settings, pool_size=_default_pool_size(settings))
     except MarkerError as e:
         raise pytest.Collector.CollectError(
             f"{metafunc.definition.nodeid}: @pytest.mark.{MARKER}: {e}"
@@ -132,16 +144,16 @@ def _pool(config: pytest.Config, device: str) -> Any:
     return pools[device]
 
 
-def _default_pool_size(config: pytest.Config) -> int:
-    """Devices in the pool of the configured device, for world sizes "auto" (1 where it has none)."""
+def _default_pool_size(settings: Settings) -> int:
+    """Devices in the pool of the configured device (1 where it has none): world sizes "auto", ``-n auto``."""
     from pytest_llmperf.devices import DeviceUnavailable
+    from pytest_llmperf.pool import pool_for_device
     from pytest_llmperf.settings import DEFAULT_KNOBS, resolve_knobs
 
-    settings = config.stash[SETTINGS]
     device = resolve_knobs(settings.cli, settings.ini, DEFAULT_KNOBS).device
     assert device is not None
     try:
-        return len(_pool(config, device).devices)
+        return len(pool_for_device(device, cpu_slots=settings.cpu_slots, lock_dir=settings.pool_dir).devices)
     except DeviceUnavailable:
         return 1
 
