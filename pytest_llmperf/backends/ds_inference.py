@@ -35,17 +35,25 @@ class DsInferenceBackend:
         if request.variant == "kernel-inject" and not request.device.startswith("cuda"):
             # DeepSpeed's inference kernels exist for CUDA only ("not implemented on CPU backend")
             return "ds-inference kernel-inject needs CUDA: DeepSpeed has no CPU inference kernels"
+        if request.variant == "autotp" and request.world_size > 1 and getattr(config, "model_type", None) == "bloom":
+            from transformers.models.bloom.modeling_bloom import BloomModel
+
+            if not hasattr(BloomModel, "build_alibi_tensor"):
+                # found on CPU with 2 ranks: "The expanded size of the tensor (4) must match the existing size (8)"
+                return ("DeepSpeed AutoTP cannot shard BLOOM's ALiBi bias with this transformers version: it patches "
+                        "BloomModel.build_alibi_tensor, which transformers no longer has, so every rank keeps the "
+                        "bias of all heads and tp_size > 1 fails with a shape mismatch")
         return None
 
     def load(self, request: LoadRequest, span: PhaseSpan) -> None:
         kernel_inject = request.variant == "kernel-inject"
-        reason = self.unavailable_reason(request, None)
-        if reason:
-            raise BackendUnavailable(reason)
         self._device = request.device
         self._sync = device_sync(request.device)
         with span("read"):
             model = from_pretrained(request.checkpoint, request.dtype)
+            reason = self.unavailable_reason(request, model.config)
+            if reason:
+                raise BackendUnavailable(reason)
             if request.device == "cpu":
                 copy_into_memory(model)
         with span("shard"):
