@@ -118,8 +118,8 @@ def _marker_kwargs(definition: pytest.Function) -> tuple[tuple[object, ...], dic
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     has_marker = metafunc.definition.get_closest_marker(MARKER) is not None
-    uses_llm = "llm" in metafunc.fixturenames
-    if not (has_marker or uses_llm):
+    uses_case = "llmperf_case" in metafunc.fixturenames  # llm, llmperf_lease or the case itself
+    if not (has_marker or uses_case):
         return
     args, kwargs = _marker_kwargs(metafunc.definition)
     settings = metafunc.config.stash[SETTINGS]
@@ -129,7 +129,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.Collector.CollectError(
             f"{metafunc.definition.nodeid}: @pytest.mark.{MARKER}: {e}"
         ) from None
-    if uses_llm:
+    if uses_case:
         metafunc.parametrize("llmperf_case", cases, ids=[c.id for c in cases])
 
 
@@ -163,7 +163,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
-        if item.get_closest_marker(MARKER) is not None or "llm" in getattr(item, "fixturenames", ()):
+        if item.get_closest_marker(MARKER) is not None or "llmperf_case" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
 
 

@@ -35,7 +35,7 @@ def _db_rows(path, sql):
 
 def test_without_the_flag_performance_tests_are_skipped(pytester):
     pytester.makepyfile(PASSING + "\n\ndef test_plain():\n    assert sum([1, 2]) == 3\n")
-    result = pytester.runpytest("-rs")
+    result = pytester.runpytest("-rs", "--llmperf-backends=hf")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*performance test: run with --llmperf*"])
     assert not (pytester.path / ".llmperf").exists()
@@ -115,7 +115,7 @@ def test_an_unwritable_history_path_stops_the_run_before_any_test(pytester, run_
 
 
 def test_precedence_command_line_over_marker_over_ini(pytester, model_cache):
-    pytester.makeini("[pytest]\nllmperf_trials = 3\nllmperf_new_tokens = 4\nllmperf_prompt_tokens = 8\n"
+    pytester.makeini("[pytest]\nllmperf_backends = hf\nllmperf_trials = 3\nllmperf_new_tokens = 4\nllmperf_prompt_tokens = 8\n"
                      "llmperf_warmups = 0\nllmperf_batch_sizes = 1\n")
     pytester.makepyfile("""
         import pytest
