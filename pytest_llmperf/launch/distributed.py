@@ -42,6 +42,8 @@ from pytest_llmperf.launch.protocol import (
 
 #: lines of a rank's output quoted when it fails
 TAIL_LINES = 20
+#: seconds a rank's error or death waits for the other ranks' deaths to show (a death is the likelier cause)
+DEATH_GRACE_S = 2.0
 #: ``progress(description, completed, total)``, fed from rank 0
 ProgressFn = Callable[[str, int, int], None]
 
@@ -60,12 +62,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def tail(path: Path, lines: int = TAIL_LINES) -> str:
+def tail(path: Path, lines: int = TAIL_LINES, *, quoted: str | None = None) -> str:
+    """The last lines of a log. A log that ends with ``quoted`` (the traceback a failed rank also printed
+    there, already in the message) gives the lines before it: its own last output, not the traceback again."""
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_text(errors="replace").rstrip("\n")
     except OSError:
         return ""
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+    if quoted and quoted.strip() and text.endswith(quoted.rstrip("\n")):
+        text = text[:-len(quoted.rstrip("\n"))].rstrip("\n")
+    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass(frozen=True)
@@ -234,14 +240,23 @@ class RankGroup:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 late = sorted(pending.values())
-                self._fail(late[0], f"rank {', '.join(map(str, late))} did not finish {what!r} within "
-                                    f"{self.spec.timeout_s:.0f} s (--llmperf-rank-timeout)")
+                self._fail(late, f"rank {', '.join(map(str, late))} did not finish {what!r} within "
+                                 f"{self.spec.timeout_s:.0f} s (--llmperf-rank-timeout)")
+            # read every rank that is ready before judging any: once a rank dies, the others soon fail
+            # too (a broken collective, or torchrun's SIGTERM), so deaths are looked at first
+            received: list[tuple[int, Connection, Any]] = []
+            closed: list[Connection] = []
             for conn in wait(list(pending), timeout=min(0.5, remaining)):
-                r = pending[conn]  # type: ignore[index]
                 try:
-                    message = conn.recv()  # type: ignore[union-attr]
+                    received.append((pending[conn], conn, conn.recv()))  # type: ignore[index,union-attr,arg-type]
                 except (EOFError, OSError):
-                    self._fail(r, f"rank {r} died during {what!r}" + self._exit_note())
+                    closed.append(conn)  # type: ignore[arg-type]
+            if closed:
+                # which died first cannot be told from here (torchrun stops the rest at once, and a
+                # connection may close late): every rank that died is named (the agents' logs say which first)
+                died = sorted([pending[c] for c in closed] + self._deaths(pending, closed))
+                self._fail(died, f"rank {', '.join(map(str, died))} died during {what!r}" + self._exit_note())
+            for r, conn, message in sorted(received, key=lambda item: item[0]):
                 if isinstance(message, Progress):
                     if progress is not None:
                         progress(message.what, message.done, message.total)
@@ -251,13 +266,37 @@ class RankGroup:
                     if message.error_type == "BackendUnavailable":
                         self.close()
                         raise RankUnavailable(message.error)
-                    self._fail(r, f"rank {r} failed during {what!r}: {message.error_type}: {message.error}",
-                               message.traceback)
+                    error = f"{message.error_type}: {message.error}"
+                    died = self._deaths(pending, [conn])
+                    if died:  # its collective broke because a peer died: name the dead rank first
+                        self._fail(died, f"rank {', '.join(map(str, died))} died during {what!r}"
+                                         f"{self._exit_note()}; then rank {r} failed: {error}")
+                    self._fail(r, f"rank {r} failed during {what!r}: {error}", message.traceback)
                 values[r] = message.value
                 del pending[conn]
-            if pending:
+            if pending and not received:
+                # only when no rank has anything to say: a launcher exits after its ranks, whose closed
+                # connections (read above) name the rank that died better than the launcher's status
                 self._check_agents(f"running {what!r}")
         return [values[r] for r in sorted(values)]
+
+    def _deaths(self, pending: dict[Connection, int], known: list[Connection]) -> list[int]:
+        """The ranks, other than the ``known`` ones (failed or dead), whose connections close within DEATH_GRACE_S.
+
+        A rank's error or death is often the consequence of another's death (its collective broke, or
+        torchrun stopped it), and that rank's closed connection may show only after it.
+        """
+        others = [c for c in pending if c not in known]
+        died: list[int] = []
+        deadline = time.monotonic() + DEATH_GRACE_S
+        while others and (remaining := deadline - time.monotonic()) > 0:
+            for conn in wait(others, timeout=remaining):
+                try:
+                    conn.recv()  # type: ignore[union-attr]  # the group fails anyway: what it says no longer matters
+                except (EOFError, OSError):
+                    died.append(pending[conn])  # type: ignore[index]
+                    others.remove(conn)  # type: ignore[arg-type]
+        return sorted(died)
 
     def _exit_note(self) -> str:
         """The agents' exit statuses, once they have noticed (torchrun reports each rank's signal)."""
@@ -267,15 +306,18 @@ class RankGroup:
         codes = [a.poll() for a in self._agents]
         return "" if all(c is None for c in codes) else f" (launcher exit status {', '.join(map(str, codes))})"
 
-    def _fail(self, rank: int | None, message: str, traceback_text: str | None = None) -> None:
+    def _fail(self, ranks: int | list[int] | None, message: str, traceback_text: str | None = None) -> None:
+        """Tear the group down and raise RankFailed with the last lines of these ranks' and the agents' logs."""
         parts = [message]
         if traceback_text:
             parts.append(traceback_text.rstrip())
-        logs = [self.spec.log_dir / rank_log_name(rank)] if rank is not None else []
+        ranks = [] if ranks is None else [ranks] if isinstance(ranks, int) else ranks
+        logs = [self.spec.log_dir / rank_log_name(rank) for rank in ranks]
         logs += [self.spec.log_dir / f"agent-{n}.log" for n in range(self.spec.nnodes)]
+        # read before the tear-down, whose own traces (the agents' SignalException on SIGTERM) would bury them
+        tails = [(log, tail(log, quoted=traceback_text)) for log in logs]
         self.close(graceful=False)
-        for log in logs:
-            text = tail(log)
+        for log, text in tails:
             if text:
                 parts.append(f"--- last lines of {log.name} ({log}) ---\n{text}")
         raise RankFailed("\n".join(parts))
