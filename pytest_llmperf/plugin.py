@@ -239,7 +239,12 @@ def _progress(config: pytest.Config) -> Any:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    result = yield
+    from pytest_llmperf.launch.distributed import RankFailed
+
+    try:
+        result = yield
+    except RankFailed as e:  # its message says all; a traceback through the launcher would hide it
+        pytest.fail(str(e), pytrace=False)
     bench = item.stash.get(BENCH, None)
     if bench is not None:
         from pytest_llmperf.budgets import check_budgets, describe_miss

@@ -42,7 +42,8 @@ _ALL = (
     Metric("first_generate_s", "s", Better.LOWER, Scope.LOAD,
            "the first generate after load (warm-up, JIT, compile); never mixed into trials"),
     Metric("weights_bytes", "bytes", Better.LOWER, Scope.LOAD,
-           "bytes of the loaded parameters (shared parameters counted once)"),
+           "bytes of the loaded parameters held by all ranks together (tied parameters once per rank; "
+           "what tensor parallelism replicates counts on every rank)"),
     Metric("load_peak_mem_bytes", "bytes", Better.LOWER, Scope.LOAD,
            "peak memory while loading (CUDA max allocated; host peak RSS on CPU)"),
     Metric("max_batch", "sequences", Better.HIGHER, Scope.LOAD,
