@@ -104,7 +104,8 @@ class Bench:
         if case.backend != "hf":
             progress.update(f"{spec.model_id}: reference tokens (hf)")
             reference = _reference(model, device, knobs, settings)
-        progress.update(f"loading {spec.model_id} ({case.backend}, {model.dtype}, {', '.join(d.label for d in lease.devices)})")
+        labels = ", ".join(d.label for d in lease.devices)
+        progress.update(f"loading {spec.model_id} ({case.backend}, {model.dtype}, {labels})")
         scratch = Path(tempfile.mkdtemp(prefix="llmperf-"))
         launcher: Launcher | None = None
         try:

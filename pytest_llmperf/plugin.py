@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from typing import Any
 
 import pytest

@@ -8,26 +8,21 @@ transformers version it does not support) the test is skipped with DeepSpeed's o
 
 from __future__ import annotations
 
-import gc
 from typing import Any, ClassVar
 
 import deepspeed
 import torch
 
 from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest, PhaseSpan
-from pytest_llmperf.backends.checkpoint import copy_into_memory, from_pretrained, parameters_bytes
-from pytest_llmperf.backends.generation import greedy_generate
-from pytest_llmperf.measure.clocks import device_sync
+from pytest_llmperf.backends.checkpoint import copy_into_memory, from_pretrained
+from pytest_llmperf.backends.one_model import OneModelBackend
 from pytest_llmperf.models.dtypes import torch_dtype
 
 
-class DsInferenceBackend:
-    id: ClassVar[str] = "ds-inference"
+class DsInferenceBackend(OneModelBackend):
+    """``_model`` is DeepSpeed's InferenceEngine."""
 
-    def __init__(self) -> None:
-        self._engine: Any = None
-        self._device = "cpu"
-        self._sync = device_sync("cpu")
+    id: ClassVar[str] = "ds-inference"
 
     @staticmethod
     def unavailable_reason(request: LoadRequest, config: Any) -> str | None:
@@ -47,8 +42,7 @@ class DsInferenceBackend:
 
     def load(self, request: LoadRequest, span: PhaseSpan) -> None:
         kernel_inject = request.variant == "kernel-inject"
-        self._device = request.device
-        self._sync = device_sync(request.device)
+        self._use_device(request.device)
         with span("read"):
             model = from_pretrained(request.checkpoint, request.dtype)
             reason = self.unavailable_reason(request, model.config)
@@ -58,7 +52,7 @@ class DsInferenceBackend:
                 copy_into_memory(model)
         with span("shard"):
             try:
-                self._engine = deepspeed.init_inference(
+                self._model = deepspeed.init_inference(
                     model,
                     tensor_parallel={"tp_size": request.world_size},
                     dtype=torch_dtype(request.dtype),
@@ -68,37 +62,7 @@ class DsInferenceBackend:
                 if kernel_inject:  # DeepSpeed's refusals (version, architecture, device) are skips
                     raise BackendUnavailable(f"DeepSpeed kernel injection: {e}") from e
                 raise
-            self._engine.module.eval()
-
-    @property
-    def input_device(self) -> str:
-        return self._device
-
-    def _loaded(self) -> Any:
-        if self._engine is None:
-            raise RuntimeError("the ds-inference backend has no model loaded; call load() first")
-        return self._engine
-
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        return greedy_generate(self._loaded().module, input_ids, new_tokens)
-
-    def synchronize(self) -> None:
-        self._sync()
-
-    def weights_bytes(self) -> int:
-        return parameters_bytes(self._loaded().module)
-
-    def devices(self) -> tuple[str, ...]:
-        return (self._device,)
-
-    def device_map(self) -> dict[str, str] | None:
-        return None
+            self._model.module.eval()
 
     def module(self) -> torch.nn.Module:
         return self._loaded().module
-
-    def close(self) -> None:
-        self._engine = None
-        gc.collect()
-        if self._device.startswith("cuda"):
-            torch.cuda.empty_cache()

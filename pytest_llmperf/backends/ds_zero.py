@@ -8,7 +8,6 @@ step with the others (``synced_gpus``), so a group of N ranks generates N stream
 
 from __future__ import annotations
 
-import gc
 from typing import Any, ClassVar
 
 import deepspeed
@@ -18,7 +17,7 @@ from transformers.integrations import HfDeepSpeedConfig
 from pytest_llmperf.backends.base import LoadRequest, PhaseSpan
 from pytest_llmperf.backends.checkpoint import from_pretrained
 from pytest_llmperf.backends.generation import greedy_generate
-from pytest_llmperf.measure.clocks import device_sync
+from pytest_llmperf.backends.one_model import OneModelBackend
 
 
 def zero3_config(dtype: str, hidden_size: int, world_size: int, offload: bool, device: str) -> dict[str, Any]:
@@ -42,21 +41,20 @@ def zero3_config(dtype: str, hidden_size: int, world_size: int, offload: bool, d
     }
 
 
-class DsZeroBackend:
+class DsZeroBackend(OneModelBackend):
+    """``_model`` is DeepSpeed's engine."""
+
     id: ClassVar[str] = "ds-zero"
 
     def __init__(self) -> None:
-        self._engine: Any = None
-        self._device = "cpu"
+        super().__init__()
         self._offload = False
-        self._sync = device_sync("cpu")
 
     def load(self, request: LoadRequest, span: PhaseSpan) -> None:
         from transformers import AutoConfig
 
-        self._device = request.device
+        self._use_device(request.device)
         self._offload = request.variant == "cpu-offload"
-        self._sync = device_sync(request.device)
         with span("read"):
             hidden = AutoConfig.from_pretrained(request.checkpoint, local_files_only=True).hidden_size
             config = zero3_config(request.dtype, hidden, request.world_size, self._offload, request.device)
@@ -64,46 +62,26 @@ class DsZeroBackend:
             hf_config = HfDeepSpeedConfig(config)
             model = from_pretrained(request.checkpoint, request.dtype)
         with span("engine"):
-            self._engine = deepspeed.initialize(model=model, config_params=config)[0]
-            self._engine.module.eval()
+            self._model = deepspeed.initialize(model=model, config_params=config)[0]
+            self._model.module.eval()
         del hf_config
-
-    @property
-    def input_device(self) -> str:
-        return self._device
-
-    def _loaded(self) -> Any:
-        if self._engine is None:
-            raise RuntimeError("the ds-zero backend has no model loaded; call load() first")
-        return self._engine
-
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        # every rank must run the same number of forward passes: each gathers parameters with the others
-        return greedy_generate(self._loaded().module, input_ids, new_tokens, synced_gpus=True)
-
-    def synchronize(self) -> None:
-        self._sync()
-
-    def weights_bytes(self) -> int:
-        """This rank's partition of the parameters."""
-        return sum(
-            p.ds_tensor.numel() * p.ds_tensor.element_size() if hasattr(p, "ds_tensor") else p.numel() * p.element_size()
-            for p in self._loaded().module.parameters()
-        )
-
-    def devices(self) -> tuple[str, ...]:
-        return (self._device, "cpu") if self._offload and self._device != "cpu" else (self._device,)
-
-    def device_map(self) -> dict[str, str] | None:
-        return None
 
     def module(self) -> torch.nn.Module:
         return self._loaded().module
 
+    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        # every rank must run the same number of forward passes: each gathers parameters with the others
+        return greedy_generate(self.module(), input_ids, new_tokens, synced_gpus=True)
+
+    def weights_bytes(self) -> int:
+        """This rank's partition of the parameters."""
+        partitions = (getattr(p, "ds_tensor", p) for p in self.module().parameters())
+        return sum(t.numel() * t.element_size() for t in partitions)
+
+    def devices(self) -> tuple[str, ...]:
+        return (self._device, "cpu") if self._offload and self._device != "cpu" else (self._device,)
+
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.destroy()
-        self._engine = None
-        gc.collect()
-        if self._device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        if self._model is not None:
+            self._model.destroy()
+        super().close()

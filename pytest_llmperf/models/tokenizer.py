@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast, PretrainedConfig
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 #: role -> token text, in the order roles claim ids (the first role at an id names it)
 SPECIAL_TEXTS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>"}
