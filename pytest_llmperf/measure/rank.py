@@ -41,6 +41,10 @@ def check_output(backend_id: str, output: object, input_ids: object, new_tokens:
         raise GenerationMismatch(f"backend {backend_id} returned sequences that do not start with the prompt")
 
 
+def _pairs(device_map: dict[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    return None if device_map is None else tuple((module, str(device)) for module, device in device_map.items())
+
+
 class RankRunner:
     def __init__(self, backend: Backend, device: str):
         self.backend = backend
@@ -70,6 +74,7 @@ class RankRunner:
             memory=memory,
             page_cache=page_cache,
             devices=self.backend.devices(),
+            device_map=_pairs(self.backend.device_map()),
         )
 
     def first_generate(self, input_ids: np.ndarray, new_tokens: int) -> float | None:

@@ -49,6 +49,7 @@ def test_auto_generates_what_the_hf_backend_generates(checkpoint, prompt, hf_ref
     tokens = runner.backend.generate(prompt, NEW_TOKENS)
     assert torch.equal(tokens, hf_reference[0])
     assert runner.backend.device_map() == {"": "cpu"} and load.devices == ("cpu",)
+    assert load.device_map == (("", "cpu"),)  # the map travels with the load result into the history
     assert runner.backend.input_device == "cpu"
     runner.close()
 
