@@ -7,6 +7,7 @@ budgets and the history. Backends other than ``hf`` first prove they generate ``
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -34,7 +35,7 @@ from pytest_llmperf.results import (
     GenerateResult,
     LoadResult,
 )
-from pytest_llmperf.settings import Knobs, Settings
+from pytest_llmperf.settings import Knobs, Settings, cache_home
 
 if TYPE_CHECKING:
     from pytest_llmperf.pool import Lease
@@ -288,8 +289,8 @@ def _launcher(case: BenchCase, entry: Any, lease: Lease, settings: Settings, scr
         device_kind="cuda" if device.startswith("cuda") else "cpu",
         log_dir=scratch / "logs", cuda_visible_devices=lease.cuda_visible_devices(),
         timeout_s=settings.rank_timeout_s,
-        # DeepSpeed compiles its CPU communication op on first use: keep it with the models, built once
-        env={"TORCH_EXTENSIONS_DIR": str(settings.model_cache.parent / "torch-extensions")},
+        # DeepSpeed compiles its CPU communication op on first use (30-70 s): once per machine and user
+        env={"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR") or str(cache_home() / "torch-extensions")},
     )
     return GroupLauncher(spec, labels=tuple(d.label for d in lease.devices),
                          independent_streams=entry.independent_streams)

@@ -157,9 +157,14 @@ class Option:
         return f"llmperf_{self.name}"
 
 
-def _default_model_cache() -> str:
+def cache_home() -> Path:
+    """This user's cache of pytest-llmperf: synthetic models, compiled extensions."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pytest-llmperf", "models")
+    return Path(base) / "pytest-llmperf"
+
+
+def _default_model_cache() -> str:
+    return str(cache_home() / "models")
 
 
 OPTIONS: tuple[Option, ...] = (
