@@ -43,6 +43,9 @@ class FakeBackend:
     def devices(self):
         return ("cpu",)
 
+    def device_map(self):
+        return None
+
     def close(self):
         pass
 
