@@ -77,10 +77,25 @@ class _Faults:
     """What the fault-injecting backends share: counting calls per phase and failing when told."""
 
     launch: ClassVar[str] = "ranks"
+    #: join an all-reduce after each generate (a backend whose ranks do not talk on their own)
+    couple: ClassVar[bool] = False
 
-    def _fault_init(self) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         self._fault_calls = {"load": 0, "generate": 0}
         self._fault_rank = int(os.environ.get("RANK", "0"))
+
+    def load(self, request, span) -> None:
+        self._fault_rank = request.rank
+        self._maybe_fail("load")
+        super().load(request, span)
+
+    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        self._maybe_fail("generate")
+        output = super().generate(input_ids, new_tokens)
+        if self.couple:
+            self._couple(output)
+        return output
 
     def _maybe_fail(self, phase: str) -> None:
         fault = _parse(os.environ.get(FAULT_ENV, ""))
@@ -114,18 +129,4 @@ class _Faults:
 
 class FaultyBackend(_Faults, HfBackend):
     id: ClassVar[str] = "faulty"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fault_init()
-
-    def load(self, request, span) -> None:
-        self._fault_rank = request.rank
-        self._maybe_fail("load")
-        super().load(request, span)
-
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        self._maybe_fail("generate")
-        output = super().generate(input_ids, new_tokens)
-        self._couple(output)
-        return output
+    couple: ClassVar[bool] = True

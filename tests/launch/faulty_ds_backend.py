@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from faulty_backend import _Faults
 
 from pytest_llmperf.backends.ds_inference import DsInferenceBackend
@@ -17,16 +16,3 @@ from pytest_llmperf.backends.ds_inference import DsInferenceBackend
 
 class FaultyDsBackend(_Faults, DsInferenceBackend):
     id: ClassVar[str] = "faulty-ds"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fault_init()
-
-    def load(self, request, span) -> None:
-        self._fault_rank = request.rank
-        self._maybe_fail("load")
-        super().load(request, span)
-
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        self._maybe_fail("generate")
-        return super().generate(input_ids, new_tokens)
