@@ -16,7 +16,7 @@ def bench(synthetic_cache, cpu_pool):
         enabled=True, cli={"model_cache": str(synthetic_cache)},
         ini={"trials": "2", "warmups": "0", "new_tokens": "5", "prompt_tokens": "8", "batch_sizes": "1,3"},
         rootdir=Path("/unused"))
-    (case,) = cases_from_marker((), {"model": "synthetic:llama-tiny"}, settings)
+    (case,) = cases_from_marker((), {"model": "synthetic:llama-tiny", "backend": "hf"}, settings)
     with cpu_pool.lease(1, timeout_s=1, owner="t::x") as lease:
         bench = Bench.open(test_id="t::x", case=case, settings=settings, lease=lease)
         yield bench
