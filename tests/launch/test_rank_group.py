@@ -100,7 +100,7 @@ def test_a_rank_that_raises_fails_the_call_with_its_error_and_last_lines(faulty_
 
 
 def test_a_rank_that_hangs_fails_the_call_after_the_rank_timeout(faulty_group, hf_reference):
-    timeout_s = 12.0  # start-up and load must fit in it too (about 8 s here)
+    timeout_s = 25.0  # start-up and load get it too (about 8 s here, several times that on a busy machine)
     group = faulty_group(DS_DOUBLE, "hang:generate:1", timeout_s=timeout_s)
     # the other rank waits for it in DeepSpeed's shared-memory all-reduce, which has no timeout of its own
     assert shm_files(group.hellos), "ds-inference should all-reduce through /dev/shm buffers here"
@@ -110,7 +110,7 @@ def test_a_rank_that_hangs_fails_the_call_after_the_rank_timeout(faulty_group, h
     elapsed = time.monotonic() - started
     message = str(failed.value)
     # rank 0 is stuck in the collective with it, so both are late; the hanging rank must be among those named
-    assert re.match(r"rank (0, )?1 did not finish 'tokens' within 12 s \(--llmperf-rank-timeout\)", message), message
+    assert re.match(r"rank (0, )?1 did not finish 'tokens' within 25 s \(--llmperf-rank-timeout\)", message), message
     _assert_last_words(message, 1, "hang")
     assert timeout_s <= elapsed < timeout_s + 15, f"failed after {elapsed:.1f} s"
     group.assert_torn_down()
