@@ -26,7 +26,8 @@ def run_llmperf(pytester, model_cache):
 
     def run(*args: str, subprocess: bool = False):
         # "--option=value": a separate value that is an existing path would take part in choosing the rootdir
-        full = (f"--llmperf-model-cache={model_cache}", *FAST, *args)
+        # a private device pool: leases of other pytest sessions on this machine must not make these wait
+        full = (f"--llmperf-model-cache={model_cache}", f"--llmperf-pool-dir={pytester.path / 'pool'}", *FAST, *args)
         return pytester.runpytest_subprocess(*full) if subprocess else pytester.runpytest(*full)
 
     return run

@@ -230,7 +230,7 @@ def test_progress_shows_on_request_and_stays_out_of_logs_otherwise(pytester, run
     pytester.makepyfile(PASSING)
     shown = run_llmperf("--llmperf-progress", "on", subprocess=True)
     shown.assert_outcomes(passed=1)
-    assert "loading synthetic:llama-tiny (hf, float32, cpu#0)" in shown.stderr.str()
+    assert "loading synthetic:llama-tiny (hf, float32, cpu#" in shown.stderr.str()
     assert "synthetic:llama-tiny: batch 1: trials" in shown.stderr.str()
     quiet = run_llmperf(subprocess=True)  # auto: the output is not a terminal
     quiet.assert_outcomes(passed=1)
