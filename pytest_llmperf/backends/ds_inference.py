@@ -31,13 +31,14 @@ class DsInferenceBackend(OneModelBackend):
             # DeepSpeed's inference kernels exist for CUDA only ("not implemented on CPU backend")
             return "ds-inference kernel-inject needs CUDA: DeepSpeed has no CPU inference kernels"
         if request.variant == "autotp" and request.world_size > 1 and getattr(config, "model_type", None) == "bloom":
-            from transformers.models.bloom.modeling_bloom import BloomModel
+            import transformers
 
-            if not hasattr(BloomModel, "build_alibi_tensor"):
-                # found on CPU with 2 ranks: "The expanded size of the tensor (4) must match the existing size (8)"
-                return ("DeepSpeed AutoTP cannot shard BLOOM's ALiBi bias with this transformers version: it patches "
-                        "BloomModel.build_alibi_tensor, which transformers no longer has, so every rank keeps the "
-                        "bias of all heads and tp_size > 1 fails with a shape mismatch")
+            if int(transformers.__version__.split(".")[0]) >= 5:
+                # measured on CPU, tp 2, transformers 5.24, deepspeed 0.19.8: the attention has each rank's
+                # heads, the ALiBi bias all of them ("The expanded size of the tensor (4) must match the
+                # existing size (8)"); DeepSpeed's patched bias builder does not take effect
+                return ("DeepSpeed AutoTP does not shard BLOOM's ALiBi bias with transformers 5: with tp_size > 1 "
+                        "every rank's attention gets the bias of all heads and generate fails with a shape mismatch")
         return None
 
     def load(self, request: LoadRequest, span: PhaseSpan) -> None:
