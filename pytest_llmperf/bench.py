@@ -7,7 +7,6 @@ budgets and the history. Backends other than ``hf`` first prove they generate ``
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -35,7 +34,7 @@ from pytest_llmperf.results import (
     GenerateResult,
     LoadResult,
 )
-from pytest_llmperf.settings import Knobs, Settings, cache_home
+from pytest_llmperf.settings import Knobs, Settings
 
 if TYPE_CHECKING:
     from pytest_llmperf.pool import Lease
@@ -97,10 +96,15 @@ class Bench:
             model.path, model.dtype, device, case.variant, devices=tuple(d.name for d in lease.devices),
             world_size=case.world_size,
         )
-        refuse = getattr(backend_class(case.backend), "unavailable_reason", None)
+        implementation = backend_class(case.backend)
+        refuse = getattr(implementation, "unavailable_reason", None)
         reason = refuse(request, model.config) if refuse is not None else None
         if reason:
             raise BackendUnavailable(reason)
+        prepare = getattr(implementation, "prepare_host", None)
+        if prepare is not None:
+            progress.update(f"{case.backend}: preparing this machine")
+            prepare(request)
         reference = None
         if case.backend != "hf":
             progress.update(f"{spec.model_id}: reference tokens (hf)")
@@ -289,8 +293,6 @@ def _launcher(case: BenchCase, entry: Any, lease: Lease, settings: Settings, scr
         device_kind="cuda" if device.startswith("cuda") else "cpu",
         log_dir=scratch / "logs", cuda_visible_devices=lease.cuda_visible_devices(),
         timeout_s=settings.rank_timeout_s,
-        # DeepSpeed compiles its CPU communication op on first use (30-70 s): once per machine and user
-        env={"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR") or str(cache_home() / "torch-extensions")},
     )
     return GroupLauncher(spec, labels=tuple(d.label for d in lease.devices),
                          independent_streams=entry.independent_streams)

@@ -46,8 +46,10 @@ class BackendUnavailable(Exception):
 
 
 class Backend(Protocol):
-    """A backend may also define ``unavailable_reason(request, config) -> str | None`` as a static method:
-    a reason it cannot run, checked in the test process before any rank is started."""
+    """A backend may also define, as static methods run in the test process before any rank is started:
+    ``unavailable_reason(request, config) -> str | None``, a reason it cannot run; and
+    ``prepare_host(request) -> None``, one-off work on this machine that is not part of loading a model
+    (compiling an op), which may raise BackendUnavailable."""
 
     id: ClassVar[str]
 

@@ -15,6 +15,7 @@ import torch
 
 from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest, PhaseSpan
 from pytest_llmperf.backends.checkpoint import copy_into_memory, from_pretrained
+from pytest_llmperf.backends.deepspeed_ops import load_cpu_comm_op, prepare_host
 from pytest_llmperf.backends.one_model import OneModelBackend
 from pytest_llmperf.models.dtypes import torch_dtype
 
@@ -23,6 +24,7 @@ class DsInferenceBackend(OneModelBackend):
     """``_model`` is DeepSpeed's InferenceEngine."""
 
     id: ClassVar[str] = "ds-inference"
+    prepare_host = staticmethod(prepare_host)
 
     @staticmethod
     def unavailable_reason(request: LoadRequest, config: Any) -> str | None:
@@ -44,6 +46,9 @@ class DsInferenceBackend(OneModelBackend):
     def load(self, request: LoadRequest, span: PhaseSpan) -> None:
         kernel_inject = request.variant == "kernel-inject"
         self._use_device(request.device)
+        if request.device == "cpu":
+            with span("comm-op"):  # built by prepare_host: found, loaded, or a stale build baton cleared
+                load_cpu_comm_op()
         with span("read"):
             model = from_pretrained(request.checkpoint, request.dtype)
             reason = self.unavailable_reason(request, model.config)

@@ -16,6 +16,7 @@ from transformers.integrations import HfDeepSpeedConfig
 
 from pytest_llmperf.backends.base import LoadRequest, PhaseSpan
 from pytest_llmperf.backends.checkpoint import from_pretrained
+from pytest_llmperf.backends.deepspeed_ops import load_cpu_comm_op, prepare_host
 from pytest_llmperf.backends.generation import greedy_generate
 from pytest_llmperf.backends.one_model import OneModelBackend
 
@@ -45,6 +46,7 @@ class DsZeroBackend(OneModelBackend):
     """``_model`` is DeepSpeed's engine."""
 
     id: ClassVar[str] = "ds-zero"
+    prepare_host = staticmethod(prepare_host)
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,6 +57,9 @@ class DsZeroBackend(OneModelBackend):
 
         self._use_device(request.device)
         self._offload = request.variant == "cpu-offload"
+        if request.device == "cpu":
+            with span("comm-op"):  # built by prepare_host: found, loaded, or a stale build baton cleared
+                load_cpu_comm_op()
         with span("read"):
             hidden = AutoConfig.from_pretrained(request.checkpoint, local_files_only=True).hidden_size
             config = zero3_config(request.dtype, hidden, request.world_size, self._offload, request.device)

@@ -87,7 +87,7 @@ class GroupSpec:
     nnodes: int = 1
     #: seconds one command (start-up included) may take before the group is torn down
     timeout_s: float = 600.0
-    #: more environment for the ranks (e.g. TORCH_EXTENSIONS_DIR)
+    #: more environment for the ranks
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

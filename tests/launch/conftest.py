@@ -19,6 +19,15 @@ def llama(synthetic_cache) -> ResolvedModel:
     return resolve_model(parse_model_spec("synthetic:llama-tiny"), "float32", synthetic_cache)
 
 
+@pytest.fixture(scope="session")
+def deepspeed_cpu_op(llama) -> None:
+    """DeepSpeed's CPU all-reduce op built before any group starts, as the plugin does (prepare_host)."""
+    from pytest_llmperf.backends.base import LoadRequest
+    from pytest_llmperf.backends.deepspeed_ops import prepare_host
+
+    prepare_host(LoadRequest(llama.path, "float32", "cpu"))
+
+
 @dataclass(frozen=True)
 class Reference:
     input_ids: np.ndarray

@@ -11,15 +11,13 @@ import psutil
 from pytest_llmperf.launch.protocol import Hello
 
 HERE = Path(__file__).resolve().parent
-#: DeepSpeed's CPU all-reduce op, compiled once per machine and reused (30-40 s the first time)
-TORCH_EXTENSIONS_DIR = Path.home() / ".cache" / "pytest-llmperf" / "torch-extensions"
 PROMPT_TOKENS = 8
 
 
 def group_env(**extra: str) -> dict[str, str]:
-    """GroupSpec.env of these tests: the compiled-op cache, and this directory importable (the test doubles)."""
+    """GroupSpec.env of these tests: this directory importable (the test doubles)."""
     path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
-    return {"TORCH_EXTENSIONS_DIR": str(TORCH_EXTENSIONS_DIR), "PYTHONPATH": path, **extra}
+    return {"PYTHONPATH": path, **extra}
 
 
 def descendants() -> dict[int, psutil.Process]:

@@ -62,7 +62,7 @@ class FaultyGroup:
 
 
 @pytest.fixture
-def faulty_group(llama, tmp_path):
+def faulty_group(llama, tmp_path, deepspeed_cpu_op):
     """``faulty_group(backend, fault)``: a started and loaded group of a fault-injecting double."""
     groups: list[FaultyGroup] = []
 
@@ -159,7 +159,7 @@ def test_a_peer_that_fails_because_a_rank_died_is_not_blamed_for_it(faulty_group
 
 
 @pytest.fixture(scope="module", params=["ds-inference", "ds-zero"])
-def loaded(request, llama, tmp_path_factory):
+def loaded(request, llama, tmp_path_factory, deepspeed_cpu_op):
     """(backend, launcher, merged load, every rank's own load) of a healthy two-rank group."""
     backend = request.param
     spec = GroupSpec(backend_id=backend, world_size=2, device_kind="cpu", timeout_s=120, env=group_env(),
