@@ -48,6 +48,14 @@ class DsZeroBackend(OneModelBackend):
     id: ClassVar[str] = "ds-zero"
     prepare_host = staticmethod(prepare_host)
 
+    @staticmethod
+    def unavailable_reason(request: LoadRequest, config: Any) -> str | None:
+        """Why this cannot run, known before any rank starts (else None)."""
+        if request.variant == "cpu-offload" and not request.device.startswith("cuda"):
+            return ("ds-zero's cpu-offload keeps the partitioned parameters in CPU memory instead of CUDA memory, "
+                    "so it needs CUDA; on CPU they already are in CPU memory")
+        return None
+
     def __init__(self) -> None:
         super().__init__()
         self._offload = False
