@@ -15,6 +15,17 @@ class Better(StrEnum):
     LOWER = "lower"
 
 
+class Sampling(StrEnum):
+    """How a metric's noise is sampled, which decides how the regression gate compares it."""
+
+    #: one value per trial: compared by their distributions
+    TRIALS = "trials"
+    #: one value per process (a load): compared across process rounds
+    PROCESS = "process"
+    #: the same every time for the same code (bytes, a largest batch): compared against a tolerance
+    FIXED = "fixed"
+
+
 class Scope(StrEnum):
     """How often a metric is measured: once per model load, or once per generate configuration."""
 
@@ -29,6 +40,7 @@ class Metric:
     better: Better
     scope: Scope
     definition: str
+    sampling: Sampling
 
     @property
     def bound(self) -> str:
@@ -38,42 +50,45 @@ class Metric:
 
 _ALL = (
     Metric("load_s", "s", Better.LOWER, Scope.LOAD,
-           "from the backend's load call to ready-to-generate on every rank (max over ranks)"),
+           "from the backend's load call to ready-to-generate on every rank (max over ranks)", Sampling.PROCESS),
     Metric("first_generate_s", "s", Better.LOWER, Scope.LOAD,
-           "the first generate after load (warm-up, JIT, compile); never mixed into trials"),
+           "the first generate after load (warm-up, JIT, compile); never mixed into trials", Sampling.PROCESS),
     Metric("weights_bytes", "bytes", Better.LOWER, Scope.LOAD,
            "bytes of the loaded parameters held by all ranks together (tied parameters once per rank; "
-           "what tensor parallelism replicates counts on every rank)"),
+           "what tensor parallelism replicates counts on every rank)", Sampling.FIXED),
     Metric("load_peak_mem_bytes", "bytes", Better.LOWER, Scope.LOAD,
-           "peak memory while loading (CUDA max allocated; host peak RSS on CPU)"),
+           "peak memory while loading (CUDA max allocated; host peak RSS on CPU)", Sampling.FIXED),
     Metric("max_batch", "sequences", Better.HIGHER, Scope.LOAD,
-           "largest batch per stream whose generate fits in memory (--llmperf-max-batch search)"),
+           "largest batch per stream whose generate fits in memory (--llmperf-max-batch search)", Sampling.FIXED),
     Metric("ttft_ms", "ms", Better.LOWER, Scope.GENERATE,
-           "prefill: a generate with max_new_tokens=1 on the same batch and prompt"),
+           "prefill: a generate with max_new_tokens=1 on the same batch and prompt", Sampling.TRIALS),
     Metric("tpot_ms", "ms", Better.LOWER, Scope.GENERATE,
-           "decode time per step = (e2e - ttft) / (new_tokens - 1)"),
+           "decode time per step = (e2e - ttft) / (new_tokens - 1)", Sampling.TRIALS),
     Metric("e2e_s", "s", Better.LOWER, Scope.GENERATE,
-           "one generate of new_tokens tokens, end to end"),
+           "one generate of new_tokens tokens, end to end", Sampling.TRIALS),
     Metric("tokens_per_s", "tokens/s", Better.HIGHER, Scope.GENERATE,
-           "generated tokens per second of the deployment = streams * batch * new_tokens / e2e"),
+           "generated tokens per second of the deployment = streams * batch * new_tokens / e2e", Sampling.TRIALS),
     Metric("ms_per_token", "ms", Better.LOWER, Scope.GENERATE,
-           "the BLOOM study's throughput = e2e / (streams * batch * new_tokens) = 1000 / tokens_per_s"),
+           "the BLOOM study's throughput = e2e / (streams * batch * new_tokens) = 1000 / tokens_per_s", Sampling.TRIALS),
     Metric("peak_mem_bytes", "bytes", Better.LOWER, Scope.GENERATE,
-           "peak memory during the trials of one configuration (CUDA max allocated; host peak RSS on CPU)"),
+           "peak memory during the trials of one configuration (CUDA max allocated; host peak RSS on CPU)", Sampling.FIXED),
     Metric("peak_mem_reserved_bytes", "bytes", Better.LOWER, Scope.GENERATE,
-           "CUDA only: peak memory reserved by the caching allocator during the trials"),
+           "CUDA only: peak memory reserved by the caching allocator during the trials", Sampling.FIXED),
     Metric("kv_cache_bytes", "bytes", Better.LOWER, Scope.GENERATE,
-           "predicted KV cache = 2 * layers * kv_heads * head_dim * (prompt + new) * batch * dtype bytes"),
+           "predicted KV cache = 2 * layers * kv_heads * head_dim * (prompt + new) * batch * dtype bytes", Sampling.FIXED),
     Metric("decode_bw_util", "ratio", Better.HIGHER, Scope.GENERATE,
-           "bytes one decode step must read (weights + KV cache) / tpot / device memory bandwidth"),
+           "bytes one decode step must read (weights + KV cache) / tpot / device memory bandwidth", Sampling.PROCESS),
     Metric("energy_j_per_token", "J/token", Better.LOWER, Scope.GENERATE,
-           "CUDA only: NVML total-energy counter delta over the trials / tokens generated"),
+           "CUDA only: NVML total-energy counter delta over the trials / tokens generated", Sampling.PROCESS),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
 #: Metrics computed from every trial; their statistics (median, IQR, CV) come from the trials.
-TRIAL_METRICS = ("ttft_ms", "tpot_ms", "e2e_s", "tokens_per_s", "ms_per_token")
+TRIAL_METRICS = tuple(m.name for m in _ALL if m.sampling is Sampling.TRIALS)
+
+#: The primary metrics, which the regression gate compares unless told otherwise.
+GATED_METRICS = ("tokens_per_s", "tpot_ms", "ttft_ms", "load_s", "peak_mem_bytes")
 
 
 def metric(name: str) -> Metric:
