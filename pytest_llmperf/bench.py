@@ -259,6 +259,7 @@ class Bench:
             generates=tuple(self.results),
             correctness=self.correctness,
             max_batch=self.max_batch,
+            gate=self.case.gate,
         )
 
     def close(self) -> None:

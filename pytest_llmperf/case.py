@@ -13,15 +13,17 @@ from typing import Any
 
 from pytest_llmperf.backends import BACKEND_IDS, backend_entry, backend_variants, is_import_path
 from pytest_llmperf.budgets import Budget, BudgetError, merge_budgets, parse_budgets
+from pytest_llmperf.gate.spec import GateSpec, parse_min_effect
 from pytest_llmperf.models.spec import parse_model_spec
 from pytest_llmperf.settings import DEFAULT_KNOBS, KNOB_NAMES, OPTIONS_BY_NAME, Knobs, Settings, resolve_knobs
 
 MARKER = "llmperf"
 MARKER_HELP = (
     "llmperf(model=, backend=, variant=, world_size=, budgets=, trials=, warmups=, batch_sizes=, prompt_tokens=, "
-    "new_tokens=, dtype=, device=, seed=, memory_headroom=): a performance test of an LLM; every argument is optional"
+    "new_tokens=, dtype=, device=, seed=, memory_headroom=, min_effect=, accept_regression=): a performance test "
+    "of an LLM; every argument is optional"
 )
-ALLOWED_ARGS = ("model", "backend", "variant", "world_size", "budgets", *KNOB_NAMES)
+ALLOWED_ARGS = ("model", "backend", "variant", "world_size", "budgets", *KNOB_NAMES, "min_effect", "accept_regression")
 
 
 class MarkerError(ValueError):
@@ -39,6 +41,7 @@ class BenchCase:
     budgets: tuple[Budget, ...]
     #: ranks (multi-process backends) or devices of the one process (accelerate)
     world_size: int = 1
+    gate: GateSpec = GateSpec()
 
     @property
     def id(self) -> str:
@@ -129,12 +132,25 @@ def cases_from_marker(args: tuple[object, ...], kwargs: Mapping[str, object], se
         raise MarkerError(f"budgets={kwargs['budgets']!r}: {e}") from None
     budgets = merge_budgets(settings.ini_budgets, marker_budgets, settings.cli_budgets)
     knobs = knobs_from(kwargs)
+    gate = _gate_spec(kwargs, settings)
     return [
-        BenchCase(model=m, backend=b, variant=v, marker_knobs=knobs, budgets=budgets, world_size=w)
+        BenchCase(model=m, backend=b, variant=v, marker_knobs=knobs, budgets=budgets, world_size=w, gate=gate)
         for m in models
         for b, v in backend_cases
         for w in (world_sizes or default_world_sizes(b, settings.world_sizes, pool_size))
     ]
+
+
+def _gate_spec(kwargs: Mapping[str, object], settings: Settings) -> GateSpec:
+    try:
+        marker = parse_min_effect(kwargs["min_effect"]) if "min_effect" in kwargs else ()
+    except ValueError as e:
+        raise MarkerError(f"min_effect={kwargs['min_effect']!r}: {e}") from None
+    accept = kwargs.get("accept_regression")
+    if accept is not None and (not isinstance(accept, str) or not accept.strip()):
+        raise MarkerError(f"accept_regression={accept!r}: give the reason the regression is intended, as text")
+    layers = tuple(layer for layer in (settings.cli_min_effect, marker, settings.ini_min_effect) if layer)
+    return GateSpec(layers=layers, accept=accept.strip() if accept else None)
 
 
 def _world_sizes(value: object) -> tuple[int, ...]:

@@ -125,11 +125,22 @@ def git_state(root: Path) -> GitState:
     if commit is None:
         return GitState(None, None, None)
     status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return GitState(
-        commit=commit,
-        branch=_git(root, "rev-parse", "--abbrev-ref", "HEAD"),
-        dirty=None if status is None else bool(status),
-    )
+    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch in (None, "HEAD"):  # a detached checkout, as CI makes: the branch CI says it is building
+        branch = os.environ.get("LLMPERF_BRANCH") or os.environ.get("GITHUB_HEAD_REF") or \
+            os.environ.get("GITHUB_REF_NAME") or branch
+    return GitState(commit=commit, branch=branch, dirty=None if status is None else bool(status))
+
+
+def default_branch(root: Path) -> str:
+    """The repository's default branch: origin's HEAD, else init.defaultBranch, main or master if it exists."""
+    remote_head = _git(root, "symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD")
+    if remote_head and "/" in remote_head:
+        return remote_head.split("/", 1)[1]
+    for name in (_git(root, "config", "init.defaultBranch"), "main", "master"):
+        if name and _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}") is not None:
+            return name
+    return "main"
 
 
 def collect_run_context(project_root: Path, argv: tuple[str, ...]) -> RunContext:

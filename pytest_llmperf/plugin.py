@@ -25,6 +25,7 @@ SETTINGS = pytest.StashKey[Settings]()
 SESSION = pytest.StashKey[Any]()  # RunSession, imported lazily: the store is not needed without --llmperf
 BENCH = pytest.StashKey[Any]()  # Bench of the running test
 RECORD = pytest.StashKey[Any]()  # its final BenchRecord
+VERDICTS = pytest.StashKey[Any]()  # the gate's verdicts of this run (--llmperf-compare)
 OUTCOME = pytest.StashKey[str]()
 STARTED = pytest.StashKey[float]()
 POOLS = pytest.StashKey[dict[str, Any]]()  # device setting -> DevicePool, discovered once
@@ -45,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmperf", "LLM inference performance (pytest-llmperf)")
     group.addoption("--llmperf", action="store_true", default=False,
                     help="run performance tests (those with the llmperf marker or the llm fixture)")
+    group.addoption("--llmperf-compare", action="store_true", default=False,
+                    help="gate the run: compare every primary metric with the recent runs of the baseline branch "
+                         "and fail on a regression (see --llmperf-baseline-branch, --llmperf-min-effect)")
     for option in OPTIONS:
         default = f"default: {option.default}" if option.default else "no default"
         group.addoption(option.flag, dest=option.ini, type=_argparse_type(option), default=None,
@@ -56,6 +60,7 @@ def _settings(config: pytest.Config) -> Settings:
     try:
         return Settings.from_sources(
             enabled=config.getoption("llmperf"),
+            compare=config.getoption("llmperf_compare"),
             cli={o.name: config.getoption(o.ini) for o in OPTIONS},
             ini={o.name: config.getini(o.ini) for o in OPTIONS},
             rootdir=config.rootpath,
@@ -299,6 +304,9 @@ def _record_finished_test(item: pytest.Item, report: pytest.TestReport) -> None:
     if record is None or session is None:
         return
     report.llmperf = record.to_dict()
+    from pytest_llmperf.report.junit import junit_properties
+
+    report.user_properties.extend(junit_properties(record))  # JUnit XML: keep them with junit_family=xunit1
     started = item.stash.get(STARTED, None)
     try:
         session.record(record, test_outcome=item.stash.get(OUTCOME, "passed"),
@@ -323,7 +331,7 @@ class _Summary:
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from pytest_llmperf.report.terminal import render_summary
+        from pytest_llmperf.report.terminal import render_summary, render_table
         from pytest_llmperf.results import BenchRecord
 
         terminalreporter.write_sep("=", "llmperf summary")
@@ -331,9 +339,35 @@ class _Summary:
         for block in render_summary(records):  # natural width: a narrow terminal wraps, never cuts numbers
             terminalreporter.write(block)
         terminalreporter.write_line(f"history: run {self._run.run_id} in {self._run.settings.db_path}")
+        verdicts = terminalreporter.config.stash.get(VERDICTS, None)
+        if verdicts is not None:
+            from pytest_llmperf.report.verdicts import headline, verdict_table
+
+            terminalreporter.write_sep("=", "llmperf gate")
+            terminalreporter.write(render_table(verdict_table(verdicts)) if verdicts else "")
+            terminalreporter.write_line(headline(verdicts), red=any(v.fails for v in verdicts), bold=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(SESSION, None)
-    if run is not None:
+    if run is None:
+        return
+    try:
+        if run.owns_run and run.settings.compare and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            verdicts = run.gate_against_history(session.config.rootpath)
+            session.config.stash[VERDICTS] = verdicts
+            if any(v.fails for v in verdicts) and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if run.owns_run:
+            from pytest_llmperf.report.files import write_run_reports
+
+            write_run_reports(run.store, run.run_id, session.config.stash.get(VERDICTS, None),
+                              out_dir=run.settings.report_dir, reproduce=_reproduce_command(session.config))
+    finally:
         run.finish(exitstatus)
+
+
+def _reproduce_command(config: pytest.Config) -> str:
+    """A command that measures one test again: ``{test}`` stands for its id."""
+    return "pytest --llmperf -k '{test}' " + " ".join(str(a) for a in config.invocation_params.args
+                                                      if not str(a).startswith("-"))

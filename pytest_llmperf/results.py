@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from pytest_llmperf.gate.spec import GateSpec
 from pytest_llmperf.measure.metrics import TRIAL_METRICS, metric
 from pytest_llmperf.measure.stats import Stats
 
@@ -207,6 +208,8 @@ class BenchRecord:
     correctness: CorrectnessCheck | None = None
     #: the largest batch that fitted, when searched (``--llmperf-max-batch``)
     max_batch: int | None = None
+    #: the test's regression-gate settings
+    gate: GateSpec = GateSpec()
 
     def load_metric_values(self) -> dict[str, float]:
         values = self.load.metric_values() if self.load else {}
@@ -244,6 +247,7 @@ class BenchRecord:
             budget_checks=tuple(BudgetCheck(**b) for b in d.get("budget_checks", ())),
             correctness=_correctness_from_dict(d.get("correctness")),
             max_batch=d.get("max_batch"),
+            gate=GateSpec.from_dict(d["gate"]) if d.get("gate") else GateSpec(),
         )
 
 

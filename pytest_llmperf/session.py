@@ -9,12 +9,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_llmperf.devices import DeviceUnavailable, device_kind, resolve_device
 from pytest_llmperf.environment import collect_environment, collect_run_context
 from pytest_llmperf.results import BenchRecord
 from pytest_llmperf.settings import DEFAULT_KNOBS, Settings, resolve_knobs
 from pytest_llmperf.store import HistoryStore
+
+if TYPE_CHECKING:
+    from pytest_llmperf.gate.verdict import Verdict
 
 #: pytest exit status -> run status
 _RUN_STATUS = {0: "complete", 1: "failed", 2: "interrupted", 5: "complete"}
@@ -48,7 +52,9 @@ class RunSession:
                 kind = device_kind(resolve_device(default_device))
             except DeviceUnavailable:
                 kind = "cpu"  # the tests will be skipped with the reason; the run is still recorded
-            store.start_run(run_id, collect_environment(kind), collect_run_context(project_root, argv))
+            group, side = settings.ab or (None, None)
+            store.start_run(run_id, collect_environment(kind), collect_run_context(project_root, argv),
+                            ab_group=group, ab_side=side)
         except BaseException:
             store.close()
             raise
@@ -56,6 +62,19 @@ class RunSession:
 
     def record(self, record: BenchRecord, *, test_outcome: str, duration_s: float | None) -> None:
         self.store.record_test(self.run_id, record, test_outcome=test_outcome, duration_s=duration_s)
+
+    def gate_against_history(self, project_root: Path) -> list[Verdict]:
+        """Compare this run with the history of the baseline branch; store and return the verdicts."""
+        from pytest_llmperf.environment import default_branch
+        from pytest_llmperf.gate.history import HistoryBaseline, history_comparisons
+        from pytest_llmperf.gate.verdict import judge
+
+        branch = self.settings.baseline_branch or default_branch(project_root)
+        comparisons = history_comparisons(self.store.db, self.run_id,
+                                          HistoryBaseline(branch=branch, runs=self.settings.baseline_runs))
+        verdicts = judge(comparisons)
+        self.store.record_verdicts(self.run_id, verdicts, baseline_kind="history")
+        return verdicts
 
     def finish(self, exitstatus: int) -> None:
         try:

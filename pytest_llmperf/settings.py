@@ -138,6 +138,21 @@ def budget_text(text: str) -> tuple[Budget, ...]:
     return parse_budget_text(text)
 
 
+def ab_tag(text: str) -> tuple[str, str] | None:
+    if not text.strip():
+        return None
+    group, sep, side = text.strip().partition(":")
+    if not sep or not group or side not in ("base", "head"):
+        raise ValueError(f"expected GROUP:SIDE with SIDE 'base' or 'head' (as llmperf ab passes it), got {text!r}")
+    return group, side
+
+
+def min_effect_text(text: str) -> tuple[tuple[str, float], ...]:
+    from pytest_llmperf.gate.spec import parse_min_effect
+
+    return parse_min_effect(text)
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: ``--llmperf-<name>`` on the command line and ``llmperf_<name>`` in the ini file."""
@@ -187,6 +202,16 @@ OPTIONS: tuple[Option, ...] = (
            "on CPU (multi-process backends only), the CUDA allocator's fraction on GPU", "SIZE"),
     Option("budgets", budget_text, "", "budgets for every performance test, e.g. 'load_s=30 tokens_per_s[8]=60'",
            "SPEC"),
+    Option("min_effect", min_effect_text, "0.05",
+           "the smallest relative change the regression gate reports: a default, then per-metric values "
+           "(e.g. '0.05 load_s=0.2')", "SPEC"),
+    Option("baseline_branch", str, "",
+           "with --llmperf-compare: the branch whose recent runs are the baseline (default: the repository's "
+           "default branch)", "NAME"),
+    Option("baseline_runs", positive_int, "10", "with --llmperf-compare: at most N earlier runs per series", "N"),
+    Option("report_dir", str, "",
+           "write the gate's reports here: verdicts.md, run.json, benchmark.json (pytest-benchmark format)", "DIR"),
+    Option("ab", ab_tag, "", "set by `llmperf ab`: the A/B group and side of this run", "GROUP:SIDE"),
     Option("world_sizes", world_sizes, "auto",
            "world sizes for performance tests whose marker names none: a list, or auto (1, 2, 4, ... "
            "up to the device pool)", "LIST"),
@@ -239,6 +264,13 @@ class SettingsError(ValueError):
     """A setting with a bad value; the message names the option, the value and what is allowed."""
 
 
+def _rooted(path: str, rootdir: Path) -> Path | None:
+    if not path:
+        return None
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else rootdir / p
+
+
 @dataclass(frozen=True)
 class Settings:
     enabled: bool
@@ -258,10 +290,21 @@ class Settings:
     ini: Knobs
     cli_budgets: tuple[Budget, ...]
     ini_budgets: tuple[Budget, ...]
+    #: ``min_effect`` pairs (see ``gate.spec``) from the command line and the ini file; () when not set there
+    cli_min_effect: tuple[tuple[str, float], ...] = ()
+    ini_min_effect: tuple[tuple[str, float], ...] = ()
+    #: gate this run against the history (``--llmperf-compare``)
+    compare: bool = False
+    #: None: the repository's default branch
+    baseline_branch: str | None = None
+    baseline_runs: int = 10
+    report_dir: Path | None = None
+    #: (group, side) of an A/B run, set by ``llmperf ab``
+    ab: tuple[str, str] | None = None
 
     @classmethod
     def from_sources(cls, *, enabled: bool, cli: Mapping[str, Any], ini: Mapping[str, str | None],
-                     rootdir: Path) -> Settings:
+                     rootdir: Path, compare: bool = False) -> Settings:
         """``cli`` holds values already parsed by argparse (None when not given); ``ini`` holds raw strings."""
         ini_values: dict[str, Any] = {}
         for option in OPTIONS:
@@ -299,4 +342,11 @@ class Settings:
             ini=Knobs(**{n: ini_values.get(n) for n in KNOB_NAMES}),
             cli_budgets=cli.get("budgets") or (),
             ini_budgets=ini_values.get("budgets", ()),
+            cli_min_effect=cli.get("min_effect") or (),
+            compare=compare,
+            baseline_branch=pick("baseline_branch") or None,
+            baseline_runs=pick("baseline_runs"),
+            report_dir=_rooted(pick("report_dir"), rootdir),
+            ab=pick("ab") or None,
+            ini_min_effect=ini_values.get("min_effect", ()),
         )

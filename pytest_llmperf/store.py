@@ -16,12 +16,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
@@ -29,6 +29,9 @@ from pytest_llmperf.environment import Environment, RunContext
 from pytest_llmperf.measure.metrics import METRICS, TRIAL_METRICS
 from pytest_llmperf.results import BenchRecord, BudgetCheck, GenerateResult
 from pytest_llmperf.series import SeriesKey
+
+if TYPE_CHECKING:
+    from pytest_llmperf.gate.verdict import Verdict
 
 RUN_STATUSES = ("running", "complete", "failed", "interrupted")
 FINAL_STATUSES = frozenset(RUN_STATUSES[1:])
@@ -223,11 +226,39 @@ ALTER TABLE tests ADD COLUMN correctness TEXT;
 """)
 
 
+def _migrate_to_v3(db: sqlite_utils.Database) -> None:
+    """The regression gate: each test's gate settings, what each verdict compared, accepted regressions."""
+    db.executescript("""
+ALTER TABLE tests ADD COLUMN gate TEXT;
+ALTER TABLE verdicts ADD COLUMN test_id TEXT;
+ALTER TABLE verdicts ADD COLUMN metric TEXT;
+ALTER TABLE verdicts ADD COLUMN batch_size INTEGER;
+ALTER TABLE verdicts ADD COLUMN subject TEXT;
+ALTER TABLE verdicts ADD COLUMN method TEXT;
+ALTER TABLE verdicts ADD COLUMN abs_change REAL;
+ALTER TABLE verdicts ADD COLUMN base_value REAL;
+ALTER TABLE verdicts ADD COLUMN head_value REAL;
+ALTER TABLE verdicts ADD COLUMN p_better REAL;
+ALTER TABLE verdicts ADD COLUMN baseline TEXT;
+ALTER TABLE verdicts ADD COLUMN notes TEXT;
+ALTER TABLE verdicts ADD COLUMN accepted TEXT;
+CREATE TABLE acceptances (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    test_pattern TEXT NOT NULL,
+    metric TEXT,
+    reason TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX acceptances_run_id ON acceptances (run_id);
+""")
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 
 #: ``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``. Append, never edit:
 #: files in the wild are at every version. Looked up at open time, so tests can extend it.
-MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2]
+MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2, _migrate_to_v3]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
@@ -450,6 +481,21 @@ def _prepare(record: BenchRecord) -> list[_Measurement]:
     return out
 
 
+def _verdict_row(run_id: str, v: Verdict, baseline_kind: str) -> dict[str, Any]:
+    e, s = v.evidence, v.subject
+    return {
+        "run_id": run_id, "series_key": s.series_key, "baseline_kind": baseline_kind,
+        "baseline_run_ids": json.dumps(list(v.comparison.baseline_run_ids)), "baseline": v.comparison.baseline,
+        "outcome": v.outcome.value, "test_id": s.test_id, "metric": s.metric, "batch_size": s.batch_size,
+        "subject": json.dumps(asdict(s)), "method": e.method if e else None,
+        "ratio": e.ratio if e else None, "base_value": e.base if e else None, "head_value": e.head if e else None, "ci_low": e.ci_low if e else None, "ci_high": e.ci_high if e else None,
+        "abs_change": e.abs_change if e else None, "statistic": e.statistic if e else None,
+        "p_value": v.p_worse, "p_better": v.p_better, "n_base": e.n_base if e else None,
+        "n_head": e.n_head if e else None, "min_effect": v.comparison.min_effect,
+        "notes": json.dumps(list(v.notes)), "accepted": v.comparison.accepted, "created_at": _now(),
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # the store
 
@@ -618,7 +664,13 @@ class HistoryStore:
                 "seed": record.seed,
                 "correctness_outcome": record.correctness.outcome if record.correctness else None,
                 "correctness": json.dumps(asdict(record.correctness)) if record.correctness else None,
+                "gate": json.dumps(record.gate.to_json()),
             }).last_pk
+            if record.gate.accept:  # the marker's acknowledgement: this run's level of this test is the new one
+                db.execute("DELETE FROM acceptances WHERE run_id = ? AND test_pattern = ? AND metric IS NULL",
+                           [run_id, record.test_id])
+                db["acceptances"].insert({"run_id": run_id, "test_pattern": record.test_id, "metric": None,
+                                          "reason": record.gate.accept, "created_at": _now()})
             results: list[dict[str, Any]] = []
             for m in measurements:
                 measurement_id = db["measurements"].insert(
@@ -639,6 +691,29 @@ class HistoryStore:
             db["budget_checks"].insert_all(
                 {"test_row_id": test_row_id, "run_id": run_id, **asdict(c)} for c in record.budget_checks
             )
+
+    def record_verdicts(self, run_id: str, verdicts: Sequence[Verdict], *, baseline_kind: str) -> None:
+        """Store a run's verdicts ('history' or 'ab' baseline), replacing any it had of that kind."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM verdicts WHERE run_id = ? AND baseline_kind = ?", [run_id, baseline_kind])
+            db["verdicts"].insert_all(_verdict_row(run_id, v, baseline_kind) for v in verdicts)
+
+    def accept(self, run_id: str, test_pattern: str, reason: str, *, metric: str | None = None) -> None:
+        """Acknowledge the regressions of matching tests in this run: its level becomes the baseline."""
+        from pytest_llmperf.gate.spec import matches_test_id
+
+        if not reason.strip():
+            raise ValueError("an acceptance needs a reason: say why the regression is intended")
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", [run_id]).fetchone() is None:
+                raise HistoryError(f"{self.path}: there is no run {run_id!r} to accept a regression of")
+            db["acceptances"].insert({"run_id": run_id, "test_pattern": test_pattern, "metric": metric,
+                                      "reason": reason.strip(), "created_at": _now()})
+            for row_id, test_id, verdict_metric in db.execute(
+                    "SELECT id, test_id, metric FROM verdicts WHERE run_id = ? AND outcome = 'regressed'", [run_id]
+            ).fetchall():
+                if matches_test_id(test_pattern, test_id or "") and metric in (None, verdict_metric):
+                    db.execute("UPDATE verdicts SET accepted = ? WHERE id = ?", [reason.strip(), row_id])
 
     def finish_run(self, run_id: str, status: str) -> None:
         """Mark a run complete, failed or interrupted (a run left 'running' crashed)."""

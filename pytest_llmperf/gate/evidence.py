@@ -10,7 +10,8 @@ Three kinds of evidence, one per kind of metric (``Metric.sampling``):
 * ``prediction``: one current value against a baseline of earlier runs' values: is it outside the
   prediction interval of those runs (Student's t, one new observation), and by how much.
 * ``tolerance``: deterministic values (bytes, a largest batch): the change of the median against a
-  tolerance; there is no variance to test.
+  tolerance; there is no variance to test. Where such values do vary (a host's peak RSS), they are
+  compared like the others instead (see ``is_constant``).
 """
 
 from __future__ import annotations
@@ -125,6 +126,16 @@ def compare_to_history(history: Sequence[float], current: Sequence[float], *, co
         ci_high=(mean + half) / reference, statistic=float(t),
         p_higher=p_higher, p_lower=p_lower, n_base=n, n_head=len(current),
     )
+
+
+def is_constant(values: Sequence[float], rel: float = 1e-3) -> bool:
+    """Values that do not vary (within ``rel``): deterministic in practice, so a tolerance, not a test, applies.
+
+    Device memory counters are; a host's peak RSS is not quite, and then the metric is compared as noisy."""
+    if len(values) == 0:
+        return True
+    low, high = min(values), max(values)
+    return high - low <= rel * max(abs(high), abs(low), 1e-30)
 
 
 def compare_fixed(base: Sequence[float], head: Sequence[float]) -> Evidence:

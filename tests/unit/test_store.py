@@ -626,7 +626,7 @@ def test_v1_file_upgrades_to_v2_with_device_maps_and_correctness(tmp_path: Path,
     record = replace(record, test_id="t2", correctness=check,
                      load=replace(record.load, device_map=(("model.layers.0", "cpu"), ("model.layers.1", "disk"))))
     with HistoryStore.open(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 2
+        assert s.schema_version() == SCHEMA_VERSION
         s.record_test("r1", record, test_outcome="failed")
         tests = {r["test_id"]: r for r in rows(s, "SELECT * FROM tests")}
         assert tests["t2"]["correctness_outcome"] == "mismatch"

@@ -1,0 +1,116 @@
+"""The history baseline: a run compared with earlier runs of the same series on the baseline branch.
+
+For each series of the current run, the baseline is the most recent ``baseline_runs`` complete runs on the
+baseline branch (A/B runs excluded) that measured the same series key, which includes the environment
+fingerprint: a run on another GPU model, driver or library version is never a baseline. If only such runs
+exist, the comparison is inconclusive and says so. An accepted regression (``llmperf accept``, or the
+marker's ``accept_regression``) starts a new level: later comparisons only use runs from that one on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+from pytest_llmperf.gate.evidence import compare_fixed, compare_to_history, is_constant
+from pytest_llmperf.gate.samples import (
+    SeriesSamples,
+    accepted_reason,
+    acceptances,
+    load_samples,
+    min_effect_for,
+    min_effects,
+)
+from pytest_llmperf.gate.verdict import Comparison
+from pytest_llmperf.measure.metrics import GATED_METRICS, Sampling, metric
+
+MIN_BASELINE_RUNS = 3
+
+
+@dataclass(frozen=True)
+class HistoryBaseline:
+    branch: str
+    #: at most this many earlier runs per series
+    runs: int = 10
+    metrics: tuple[str, ...] = GATED_METRICS
+
+
+def _run_row(db: Any, run_id: str) -> tuple[str, str | None]:
+    row = db.execute("SELECT started_at, git_branch FROM runs WHERE id = ?", [run_id]).fetchone()
+    if row is None:
+        raise ValueError(f"there is no run {run_id!r} in the history")
+    return row[0], row[1]
+
+
+def _candidate_runs(db: Any, branch: str, before: str, current: str) -> list[tuple[str, str]]:
+    """(run id, started_at) of complete runs on the branch before the current one, newest first."""
+    return [tuple(r) for r in db.execute(  # type: ignore[misc]
+        "SELECT id, started_at FROM runs WHERE git_branch = ? AND status = 'complete' AND ab_group IS NULL "
+        "AND id != ? AND started_at <= ? ORDER BY started_at DESC, rowid DESC", [branch, current, before])]
+
+
+def _new_level_since(db: Any, samples: SeriesSamples, candidates: list[tuple[str, str]]) -> str | None:
+    """The start time of the newest candidate run with an acceptance covering this series, if any."""
+    rows = acceptances(db, [run_id for run_id, _ in candidates])
+    for run_id, started_at in candidates:  # newest first
+        if accepted_reason(rows, run_id, samples.subject):
+            return started_at
+    return None
+
+
+def _other_environments(db: Any, samples: SeriesSamples, run_ids: list[str]) -> list[str]:
+    s = samples.subject
+    if not run_ids:
+        return []
+    marks = ", ".join("?" for _ in run_ids)
+    return [r[0] for r in db.execute(
+        f"SELECT DISTINCT env_fingerprint FROM results WHERE run_id IN ({marks}) AND test_id = ? AND metric = ? "
+        "AND batch_size IS ? AND model_id = ? AND backend = ? AND variant = ? AND world_size = ? "
+        "AND env_fingerprint != ?",
+        [*run_ids, s.test_id, s.metric, s.batch_size, s.model_id, s.backend, s.variant, s.world_size,
+         samples.env_fingerprint])]
+
+
+def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline) -> list[Comparison]:
+    """One comparison per gated series of ``run_id``, against its history on ``baseline.branch``."""
+    started_at, _ = _run_row(db, run_id)
+    current = load_samples(db, [run_id], baseline.metrics)
+    candidates = _candidate_runs(db, baseline.branch, started_at, run_id)
+    history = load_samples(db, [r for r, _ in candidates], baseline.metrics)
+    effects = min_effects(db, run_id)
+    accepted_now = acceptances(db, [run_id])
+    started = dict(candidates)
+    out = []
+    for key, samples in sorted(current.items(), key=lambda kv: kv[1].subject.label):
+        subject = samples.subject
+        effect = min_effect_for(effects, subject.test_id, subject.metric)
+        accepted = accepted_reason(accepted_now, run_id, subject)
+        earlier = history.get(key)
+        runs = [r for r in (earlier.per_run if earlier else {})]  # newest first
+        since = _new_level_since(db, earlier, candidates) if earlier else None
+        if since is not None:
+            runs = [r for r in runs if started[r] >= since]
+        runs = runs[: baseline.runs]
+        where = f"{baseline.branch}: {len(runs)} run{'s' if len(runs) != 1 else ''}"
+        if since is not None:
+            where += f" since the change accepted at {since}"
+        head = samples.per_run[run_id]
+        earlier_values = [v for r in runs for v in earlier.per_run[r]] if earlier else []  # type: ignore[union-attr]
+        if metric(subject.metric).sampling is Sampling.FIXED and runs and is_constant([*earlier_values, *head]):
+            evidence = compare_fixed(earlier_values, head)  # equal so far: any change beyond the tolerance counts
+            out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted))
+            continue
+        if len(runs) < MIN_BASELINE_RUNS:
+            others = _other_environments(db, samples, [r for r, _ in candidates]) if not runs else []
+            note = (f"no baseline: only {len(runs)} earlier run(s) of this series on {baseline.branch} with this "
+                    f"environment (at least {MIN_BASELINE_RUNS} are needed)")
+            if others:
+                note += f"; runs with another environment ({', '.join(o[:12] for o in others)}) are not compared"
+            out.append(Comparison(subject, None, where, tuple(runs), effect, note=note, accepted=accepted))
+            continue
+        # one value per earlier run: its median (per-trial metrics) or its value
+        per_run = [median(earlier.per_run[r]) for r in runs]  # type: ignore[union-attr]
+        evidence = compare_to_history(per_run, head)
+        out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted))
+    return out
