@@ -47,3 +47,24 @@ class Stopwatch:
         yield
         self._sync()
         sink.append((name, time.perf_counter() - start))
+
+
+#: set to 1 to let the garbage collector run inside timed trials (to measure what pausing it gains)
+GC_DURING_TRIALS_ENV = "LLMPERF_GC_DURING_TRIALS"
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """A trial without a garbage-collection pause in it: collect before, hold the collector off during."""
+    import gc
+    import os
+
+    if os.environ.get(GC_DURING_TRIALS_ENV) == "1" or not gc.isenabled():
+        yield
+        return
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pytest_llmperf.backends.base import Backend, LoadRequest
-from pytest_llmperf.measure.clocks import Stopwatch
+from pytest_llmperf.measure.clocks import Stopwatch, gc_paused
 from pytest_llmperf.measure.energy import energy_meter
 from pytest_llmperf.measure.memory import memory_meter
 from pytest_llmperf.measure.oom import free_memory, is_out_of_memory
@@ -121,8 +121,9 @@ class RankRunner:
             trials = []
             for i in range(config.trials):
                 report(f"{label}: trials", i, config.trials)
-                ttft_s = self._timed(inputs, 1)
-                e2e_s = self._timed(inputs, config.new_tokens)
+                with gc_paused():
+                    ttft_s = self._timed(inputs, 1)
+                    e2e_s = self._timed(inputs, config.new_tokens)
                 trials.append(Trial(ttft_s=ttft_s, e2e_s=e2e_s, batch_size=config.batch_size,
                                     new_tokens=config.new_tokens))
             joules = self._energy.stop() if self._energy else None

@@ -1,0 +1,231 @@
+"""``llmperf ab``: two revisions of a project measured in the same job, alternating whole processes.
+
+Each revision is checked out into its own git worktree and runs in its own pytest process, with the
+worktree first on ``PYTHONPATH`` (or with a Python of its own: ``--base-python``/``--head-python``).
+Processes alternate base, head, base, head ... on the same devices; every process writes its run into
+the same history, tagged with the A/B group and side. After the minimum rounds, while a comparison is
+inconclusive and the cap is not reached, one more round runs. Noise the tool can remove it removes:
+each process is pinned to the same CPU cores with fixed thread counts, and the measurement pauses the
+garbage collector inside trials.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_llmperf.gate.verdict import Outcome, Verdict
+
+#: pytest exit codes after which a process's measurements count: all passed, or some tests failed
+_MEASURED = (0, 1)
+
+
+class AbError(Exception):
+    """The A/B run cannot go on; the message names what, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str  # "base" or "head"
+    rev: str
+    commit: str
+    worktree: Path
+    python: str
+
+
+@dataclass(frozen=True)
+class AbConfig:
+    repo: Path
+    base: str
+    head: str
+    db: Path
+    pytest_args: tuple[str, ...]
+    min_rounds: int = 2
+    max_rounds: int = 6
+    #: where worktrees go (default: <repo>/.llmperf/ab)
+    work_dir: Path | None = None
+    base_python: str | None = None
+    head_python: str | None = None
+    #: directories inside a worktree put first on PYTHONPATH ("." for a flat layout, "src" for a src layout)
+    pythonpath: tuple[str, ...] = (".",)
+    #: pin every process to these CPU cores (None: the cores this process may use); () to not pin
+    cpus: tuple[int, ...] | None = None
+    keep_worktrees: bool = False
+    report_dir: Path | None = None
+    group: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def __post_init__(self) -> None:
+        if self.min_rounds < 1:
+            raise AbError(f"--rounds must be at least 1, not {self.min_rounds}")
+        if self.max_rounds < self.min_rounds:
+            raise AbError(f"--max-rounds ({self.max_rounds}) must be at least --rounds ({self.min_rounds})")
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AbError(f"git {' '.join(args)} failed in {repo}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout.strip()
+
+
+def resolve_commit(repo: Path, rev: str) -> str:
+    try:
+        return _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except AbError:
+        raise AbError(f"revision {rev!r} is not a commit of {repo}: give a branch, tag or commit "
+                      "that `git rev-parse` knows (fetch it first in a shallow clone)") from None
+
+
+def add_worktree(repo: Path, commit: str, work_dir: Path) -> Path:
+    """A detached worktree of ``commit`` (reused when one is already there)."""
+    path = work_dir / commit[:12]
+    if path.exists() and _git(path, "rev-parse", "HEAD") == commit:
+        return path
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _git(repo, "worktree", "add", "--force", "--detach", str(path), commit)
+    return path
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(path)], capture_output=True)
+
+
+def process_env(side: Side, config: AbConfig, cpus: tuple[int, ...]) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(side.worktree / p) for p in config.pythonpath]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    env["PYTHONHASHSEED"] = "0"
+    if cpus:
+        threads = str(len(cpus))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(name, threads)
+    return env
+
+
+def process_command(side: Side, config: AbConfig) -> list[str]:
+    # the worktree is the rootdir, so that both sides (and the main checkout) give every test the same id
+    rootdir = [] if any(a.startswith("--rootdir") for a in config.pytest_args) else [f"--rootdir={side.worktree}"]
+    return [side.python, "-m", "pytest", "--llmperf", f"--llmperf-db={config.db}",
+            f"--llmperf-ab={config.group}:{side.name}", "-p", "no:cacheprovider", *rootdir, *config.pytest_args]
+
+
+def process_cwd(side: Side, config: AbConfig) -> Path:
+    """Where the command was started, in the side's worktree (the repository's root when started outside it)."""
+    try:
+        return side.worktree / Path.cwd().resolve().relative_to(config.repo)
+    except ValueError:
+        return side.worktree
+
+
+def run_process(side: Side, config: AbConfig, cpus: tuple[int, ...], log: Callable[[str], None]) -> int:
+    """One pytest process of one side; Ctrl-C or a crash of ours takes its whole process group with it."""
+    command = process_command(side, config)
+    log(f"llmperf ab: {side.name} ({side.commit[:12]}): {shlex.join(command)}")
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    proc = subprocess.Popen(command, cwd=process_cwd(side, config), env=process_env(side, config, cpus), start_new_session=True,
+                            preexec_fn=pin)
+    try:
+        return proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
+
+
+@dataclass(frozen=True)
+class AbResult:
+    group: str
+    base: Side
+    head: Side
+    rounds: int
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def fails(self) -> bool:
+        return any(v.fails for v in self.verdicts)
+
+
+def _sides(config: AbConfig) -> tuple[Side, Side]:
+    work_dir = config.work_dir or config.repo / ".llmperf" / "ab"
+    sides = []
+    for name, rev, python in (("base", config.base, config.base_python), ("head", config.head, config.head_python)):
+        commit = resolve_commit(config.repo, rev)
+        sides.append(Side(name, rev, commit, add_worktree(config.repo, commit, work_dir), python or sys.executable))
+    return sides[0], sides[1]
+
+
+def judge_group(config: AbConfig, base: Side) -> list[Verdict]:
+    from pytest_llmperf.gate.ab_compare import ab_comparisons
+    from pytest_llmperf.gate.verdict import judge
+    from pytest_llmperf.store import HistoryStore
+
+    with HistoryStore.open(config.db) as store:
+        return judge(ab_comparisons(store.db, config.group, base_label=f"base {base.commit[:12]}"))
+
+
+def run_ab(config: AbConfig, log: Callable[[str], None] = print) -> AbResult:
+    cpus = tuple(sorted(os.sched_getaffinity(0))) if config.cpus is None else config.cpus
+    base, head = _sides(config)
+    try:
+        rounds, verdicts = 0, []
+        while rounds < config.max_rounds:
+            for side in (base, head):
+                code = run_process(side, config, cpus, log)
+                if code not in _MEASURED:
+                    raise AbError(f"the {side.name} process ({side.rev}, {side.commit[:12]}) exited with {code} "
+                                  f"(pytest: {_exit_meaning(code)}); its output is above. Run it alone with: cd "
+                                  f"{process_cwd(side, config)} && {shlex.join(process_command(side, config))}")
+            rounds += 1
+            if rounds < config.min_rounds:
+                continue
+            verdicts = judge_group(config, base)
+            open_questions = [v for v in verdicts if v.outcome is Outcome.INCONCLUSIVE and v.evidence is not None]
+            if not open_questions:
+                break
+            if rounds < config.max_rounds:
+                log(f"llmperf ab: {len(open_questions)} comparison(s) inconclusive after {rounds} round(s): "
+                    "one more round")
+        return AbResult(config.group, base, head, rounds, tuple(verdicts))
+    finally:
+        if not config.keep_worktrees:
+            for side in (base, head):
+                remove_worktree(config.repo, side.worktree)
+
+
+def _exit_meaning(code: int) -> str:
+    return {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}.get(
+        code, "killed by a signal" if code < 0 else "unexpected exit status")
+
+
+def store_verdicts(config: AbConfig, result: AbResult) -> str | None:
+    """Record the verdicts on the last head run of the group; its id, or None without one."""
+    from pytest_llmperf.gate.ab_compare import ab_runs
+    from pytest_llmperf.store import HistoryStore
+
+    with HistoryStore.open(config.db) as store:
+        _, head_runs = ab_runs(store.db, config.group)
+        if not head_runs:
+            return None
+        store.record_verdicts(head_runs[-1], list(result.verdicts), baseline_kind="ab")
+        return head_runs[-1]
+
+
+def reproduce_command(config: AbConfig, result: AbResult) -> str:
+    """The command that measures one regressed test again; ``{test}`` stands for its id."""
+    return shlex.join(["llmperf", "ab", "--base", result.base.commit, "--head", result.head.commit, "--",
+                       *config.pytest_args]) + " -k '{test}'"
