@@ -49,6 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llmperf-compare", action="store_true", default=False,
                     help="gate the run: compare every primary metric with the recent runs of the baseline branch "
                          "and fail on a regression (see --llmperf-baseline-branch, --llmperf-min-effect)")
+    group.addoption("--llmperf-confirm", action="store_true", default=False,
+                    help="with --llmperf-compare: before failing, rerun the regressed tests in a new process; "
+                         "a regression the rerun does not reproduce is inconclusive")
     for option in OPTIONS:
         default = f"default: {option.default}" if option.default else "no default"
         group.addoption(option.flag, dest=option.ini, type=_argparse_type(option), default=None,
@@ -61,6 +64,7 @@ def _settings(config: pytest.Config) -> Settings:
         return Settings.from_sources(
             enabled=config.getoption("llmperf"),
             compare=config.getoption("llmperf_compare"),
+            confirm=config.getoption("llmperf_confirm"),
             cli={o.name: config.getoption(o.ini) for o in OPTIONS},
             ini={o.name: config.getini(o.ini) for o in OPTIONS},
             rootdir=config.rootpath,
@@ -354,7 +358,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     try:
         if run.owns_run and run.settings.compare and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-            verdicts = run.gate_against_history(session.config.rootpath)
+            confirm = _confirmation_rerun(session.config, run) if run.settings.confirm else None
+            verdicts = run.gate_against_history(session.config.rootpath, confirm)
             session.config.stash[VERDICTS] = verdicts
             if any(v.fails for v in verdicts) and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -367,7 +372,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         run.finish(exitstatus)
 
 
+def _confirmation_rerun(config: pytest.Config, run: Any) -> Callable[[list[str]], str | None]:
+    def rerun(test_ids: list[str]) -> str | None:
+        import subprocess
+
+        from pytest_llmperf.gate.confirm import confirmation_command, confirmation_label
+
+        command = confirmation_command([str(a) for a in config.invocation_params.args], [str(a) for a in config.args],
+                                       test_ids, run.run_id, str(config.rootpath))
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("-", f"llmperf: confirming {len(set(test_ids))} regressed test(s) in a new process")
+        subprocess.run(command, cwd=config.rootpath)
+        row = run.store.db.execute("SELECT id FROM runs WHERE label = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
+                                   [confirmation_label(run.run_id)]).fetchone()
+        return row[0] if row else None
+
+    return rerun
+
+
 def _reproduce_command(config: pytest.Config) -> str:
-    """A command that measures one test again: ``{test}`` stands for its id."""
-    return "pytest --llmperf -k '{test}' " + " ".join(str(a) for a in config.invocation_params.args
-                                                      if not str(a).startswith("-"))
+    """A command that measures one test again, with this run's options: ``{test}`` stands for its id."""
+    import shlex
+
+    paths = {str(a) for a in config.args}
+    options = [str(a) for a in config.invocation_params.args if str(a) not in paths]
+    return shlex.join(["pytest", *options]) + " {test}"

@@ -7,6 +7,7 @@ writes its own tests into the same run, so a whole ``pytest -n N`` session is on
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,7 +55,7 @@ class RunSession:
                 kind = "cpu"  # the tests will be skipped with the reason; the run is still recorded
             group, side = settings.ab or (None, None)
             store.start_run(run_id, collect_environment(kind), collect_run_context(project_root, argv),
-                            ab_group=group, ab_side=side)
+                            ab_group=group, ab_side=side, label=settings.label)
         except BaseException:
             store.close()
             raise
@@ -63,16 +64,26 @@ class RunSession:
     def record(self, record: BenchRecord, *, test_outcome: str, duration_s: float | None) -> None:
         self.store.record_test(self.run_id, record, test_outcome=test_outcome, duration_s=duration_s)
 
-    def gate_against_history(self, project_root: Path) -> list[Verdict]:
-        """Compare this run with the history of the baseline branch; store and return the verdicts."""
+    def gate_against_history(self, project_root: Path, confirm: Callable[[list[str]], str | None] | None = None,
+                             ) -> list[Verdict]:
+        """Compare this run with the history of the baseline branch; store and return the verdicts.
+
+        ``confirm(test_ids)``: rerun these tests, return the rerun's run id (``--llmperf-confirm``).
+        """
         from pytest_llmperf.environment import default_branch
+        from pytest_llmperf.gate.confirm import reconcile
         from pytest_llmperf.gate.history import HistoryBaseline, history_comparisons
         from pytest_llmperf.gate.verdict import judge
 
-        branch = self.settings.baseline_branch or default_branch(project_root)
-        comparisons = history_comparisons(self.store.db, self.run_id,
-                                          HistoryBaseline(branch=branch, runs=self.settings.baseline_runs))
-        verdicts = judge(comparisons)
+        baseline = HistoryBaseline(branch=self.settings.baseline_branch or default_branch(project_root),
+                                   runs=self.settings.baseline_runs)
+        verdicts = judge(history_comparisons(self.store.db, self.run_id, baseline))
+        failing = [v.subject.test_id for v in verdicts if v.fails]
+        if confirm is not None and failing:
+            rerun_id = confirm(failing)
+            rerun = judge(history_comparisons(self.store.db, rerun_id, baseline, exclude=(self.run_id,))) \
+                if rerun_id else []
+            verdicts = reconcile(verdicts, rerun, rerun_id)
         self.store.record_verdicts(self.run_id, verdicts, baseline_kind="history")
         return verdicts
 

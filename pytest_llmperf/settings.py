@@ -211,6 +211,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("baseline_runs", positive_int, "10", "with --llmperf-compare: at most N earlier runs per series", "N"),
     Option("report_dir", str, "",
            "write the gate's reports here: verdicts.md, run.json, benchmark.json (pytest-benchmark format)", "DIR"),
+    Option("label", str, "", "a label stored with the run in the history (free text)", "TEXT"),
     Option("ab", ab_tag, "", "set by `llmperf ab`: the A/B group and side of this run", "GROUP:SIDE"),
     Option("world_sizes", world_sizes, "auto",
            "world sizes for performance tests whose marker names none: a list, or auto (1, 2, 4, ... "
@@ -295,6 +296,9 @@ class Settings:
     ini_min_effect: tuple[tuple[str, float], ...] = ()
     #: gate this run against the history (``--llmperf-compare``)
     compare: bool = False
+    #: rerun regressed tests once before failing (``--llmperf-confirm``)
+    confirm: bool = False
+    label: str | None = None
     #: None: the repository's default branch
     baseline_branch: str | None = None
     baseline_runs: int = 10
@@ -304,7 +308,7 @@ class Settings:
 
     @classmethod
     def from_sources(cls, *, enabled: bool, cli: Mapping[str, Any], ini: Mapping[str, str | None],
-                     rootdir: Path, compare: bool = False) -> Settings:
+                     rootdir: Path, compare: bool = False, confirm: bool = False) -> Settings:
         """``cli`` holds values already parsed by argparse (None when not given); ``ini`` holds raw strings."""
         ini_values: dict[str, Any] = {}
         for option in OPTIONS:
@@ -344,6 +348,8 @@ class Settings:
             ini_budgets=ini_values.get("budgets", ()),
             cli_min_effect=cli.get("min_effect") or (),
             compare=compare,
+            confirm=confirm,
+            label=pick("label") or None,
             baseline_branch=pick("baseline_branch") or None,
             baseline_runs=pick("baseline_runs"),
             report_dir=_rooted(pick("report_dir"), rootdir),

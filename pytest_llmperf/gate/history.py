@@ -16,8 +16,8 @@ from typing import Any
 from pytest_llmperf.gate.evidence import compare_fixed, compare_to_history, is_constant
 from pytest_llmperf.gate.samples import (
     SeriesSamples,
-    accepted_reason,
     acceptances,
+    accepted_reason,
     load_samples,
     min_effect_for,
     min_effects,
@@ -43,11 +43,13 @@ def _run_row(db: Any, run_id: str) -> tuple[str, str | None]:
     return row[0], row[1]
 
 
-def _candidate_runs(db: Any, branch: str, before: str, current: str) -> list[tuple[str, str]]:
+def _candidate_runs(db: Any, branch: str, before: str, exclude: tuple[str, ...]) -> list[tuple[str, str]]:
     """(run id, started_at) of complete runs on the branch before the current one, newest first."""
+    marks = ", ".join("?" for _ in exclude)
     return [tuple(r) for r in db.execute(  # type: ignore[misc]
         "SELECT id, started_at FROM runs WHERE git_branch = ? AND status = 'complete' AND ab_group IS NULL "
-        "AND id != ? AND started_at <= ? ORDER BY started_at DESC, rowid DESC", [branch, current, before])]
+        f"AND id NOT IN ({marks}) AND started_at <= ? ORDER BY started_at DESC, rowid DESC",
+        [branch, *exclude, before])]
 
 
 def _new_level_since(db: Any, samples: SeriesSamples, candidates: list[tuple[str, str]]) -> str | None:
@@ -72,11 +74,13 @@ def _other_environments(db: Any, samples: SeriesSamples, run_ids: list[str]) -> 
          samples.env_fingerprint])]
 
 
-def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline) -> list[Comparison]:
-    """One comparison per gated series of ``run_id``, against its history on ``baseline.branch``."""
+def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
+                        exclude: tuple[str, ...] = ()) -> list[Comparison]:
+    """One comparison per gated series of ``run_id``, against its history on ``baseline.branch``
+    (without the runs in ``exclude``)."""
     started_at, _ = _run_row(db, run_id)
     current = load_samples(db, [run_id], baseline.metrics)
-    candidates = _candidate_runs(db, baseline.branch, started_at, run_id)
+    candidates = _candidate_runs(db, baseline.branch, started_at, (run_id, *exclude))
     history = load_samples(db, [r for r, _ in candidates], baseline.metrics)
     effects = min_effects(db, run_id)
     accepted_now = acceptances(db, [run_id])
