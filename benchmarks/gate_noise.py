@@ -5,7 +5,8 @@ then runs the same revision against itself (``llmperf calibrate``'s machinery) u
 
 * ``all``: every process pinned to the same cores with fixed thread counts, GC paused inside trials;
 * ``no-pinning``: no CPU affinity and no thread-count variables;
-* ``gc-on``: the garbage collector may run inside timed trials.
+* ``gc-on``: the garbage collector may run inside timed trials;
+* ``one-core``: every process pinned to core 0 alone, one thread (the other cores left to the rest).
 
 For tokens_per_s and tpot_ms it prints the median within-process CV of the trials, the CV between the
 processes' medians, the smallest worse change the A/A interval rules out, and the false alarms.
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--model", default="synthetic:llama-tiny")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="A/A process pairs per configuration")
+    parser.add_argument("--configs", default="all,no-pinning,gc-on,one-core",
+                        help="configurations to run, comma-separated (default: %(default)s)")
     args = parser.parse_args()
     cores = tuple(sorted(os.sched_getaffinity(0)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +91,10 @@ def main() -> None:
         print(f"{args.model}, batch {args.batch_size}, {args.rounds} A/A rounds of 10 trials, cores {cores}")
         print("| configuration | metric | within-process CV | between-process CV | detectable change | false alarms |")
         print("|---|---|---|---|---|---|")
-        for name, cpus, gc_on in (("all", None, False), ("no-pinning", (), False), ("gc-on", None, True)):
+        configurations = {"all": (None, False), "no-pinning": ((), False), "gc-on": (None, True),
+                          "one-core": ((cores[0],), False)}
+        for name in args.configs.split(","):
+            cpus, gc_on = configurations[name]
             for line in _measure(name, repo, root, args, cpus=cpus, gc_during_trials=gc_on):
                 print(line, flush=True)
 

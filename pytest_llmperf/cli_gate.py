@@ -94,19 +94,29 @@ def _config(args: argparse.Namespace, base: str, head: str) -> Any:
     )
 
 
+def _run(args: argparse.Namespace, base: str, head: str) -> tuple[Any, Any] | None:
+    """(config, result) of the A/B run, or None after saying why it could not run."""
+    from pytest_llmperf.gate.ab import AbError, run_ab
+
+    try:
+        config = _config(args, base, head)
+        return config, run_ab(config)
+    except AbError as e:
+        print(f"llmperf {args.command}: {e}", file=sys.stderr)
+        return None
+
+
 def _ab(args: argparse.Namespace) -> int:
-    from pytest_llmperf.gate.ab import AbError, reproduce_command, run_ab, store_verdicts
+    from pytest_llmperf.gate.ab import reproduce_command, store_verdicts
     from pytest_llmperf.report.files import write_run_reports
     from pytest_llmperf.report.terminal import render_table
     from pytest_llmperf.report.verdicts import headline, verdict_table
     from pytest_llmperf.store import HistoryStore
 
-    try:
-        config = _config(args, args.base, args.head)
-        result = run_ab(config)
-    except AbError as e:
-        print(f"llmperf ab: {e}", file=sys.stderr)
+    ran = _run(args, args.base, args.head)
+    if ran is None:
         return 2
+    config, result = ran
     head_run = store_verdicts(config, result)
     print(render_table(verdict_table(result.verdicts)), end="")
     print(f"{headline(result.verdicts)} after {result.rounds} round(s); base {result.base.commit[:12]}, "
@@ -123,17 +133,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    from pytest_llmperf.gate.ab import AbError, run_ab
     from pytest_llmperf.gate.calibrate import false_alarms, noise_by_series
     from pytest_llmperf.report.terminal import render_table
     from pytest_llmperf.store import HistoryStore
 
-    try:
-        config = _config(args, args.rev, args.rev)
-        result = run_ab(config)
-    except AbError as e:
-        print(f"llmperf calibrate: {e}", file=sys.stderr)
+    ran = _run(args, args.rev, args.rev)
+    if ran is None:
         return 2
+    config, result = ran
     with HistoryStore.open(config.db) as store:
         rows = noise_by_series(store.db, result.group, result.verdicts)
     table = Table(box=box.SIMPLE_HEAD)
@@ -150,9 +157,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _accept(args: argparse.Namespace) -> int:
-    from pytest_llmperf.store import HistoryError, HistoryStore
-
     from pytest_llmperf.measure.metrics import METRICS
+    from pytest_llmperf.store import HistoryError, HistoryStore
 
     if args.metric is not None and args.metric not in METRICS:
         print(f"llmperf accept: unknown metric {args.metric!r}; known metrics: {', '.join(METRICS)}", file=sys.stderr)

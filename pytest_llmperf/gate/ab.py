@@ -2,7 +2,7 @@
 
 Each revision is checked out into its own git worktree and runs in its own pytest process, with the
 worktree first on ``PYTHONPATH`` (or with a Python of its own: ``--base-python``/``--head-python``).
-Processes alternate base, head, base, head ... on the same devices; every process writes its run into
+Processes alternate on the same devices, in rounds of one each: base head, head base, base head ...; every process writes its run into
 the same history, tagged with the A/B group and side. After the minimum rounds, while a comparison is
 inconclusive and the cap is not reached, one more round runs. Noise the tool can remove it removes:
 each process is pinned to the same CPU cores with fixed thread counts, and the measurement pauses the
@@ -184,7 +184,8 @@ def run_ab(config: AbConfig, log: Callable[[str], None] = print) -> AbResult:
     try:
         rounds, verdicts = 0, []
         while rounds < config.max_rounds:
-            for side in (base, head):
+            # A B, then B A: a drift over the job, or an effect of coming first, falls on both sides alike
+            for side in ((base, head) if rounds % 2 == 0 else (head, base)):
                 code = run_process(side, config, cpus, log)
                 if code not in _MEASURED:
                     raise AbError(f"the {side.name} process ({side.rev}, {side.commit[:12]}) exited with {code} "
@@ -226,6 +227,8 @@ def store_verdicts(config: AbConfig, result: AbResult) -> str | None:
 
 
 def reproduce_command(config: AbConfig, result: AbResult) -> str:
-    """The command that measures one regressed test again; ``{test}`` stands for its id."""
+    """The command that measures one regressed test again; ``{test}`` stands for its id, which replaces the
+    test paths among the pytest arguments (those that exist in the repository)."""
+    options = [a for a in config.pytest_args if a.startswith("-") or not (config.repo / a.split("::")[0]).exists()]
     return shlex.join(["llmperf", "ab", "--base", result.base.commit, "--head", result.head.commit, "--",
-                       *config.pytest_args]) + " -k '{test}'"
+                       *options]) + " {test}"

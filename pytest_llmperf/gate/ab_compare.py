@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_llmperf.gate.evidence import compare_fixed, compare_samples, is_constant
-from pytest_llmperf.gate.samples import accepted_reason, acceptances, load_samples, min_effect_for, min_effects
+from pytest_llmperf.gate.samples import acceptances, accepted_reason, load_samples, min_effect_for, min_effects
 from pytest_llmperf.gate.verdict import Comparison, Outcome
 from pytest_llmperf.measure.metrics import GATED_METRICS, Sampling, metric
 
@@ -50,7 +50,7 @@ def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = GATED_METRICS
         s = samples.subject
         effect = min_effect_for(effects, s.test_id, s.metric)
         accepted = next((r for run in head_runs if (r := accepted_reason(accepted_rows, run, s))), None)
-        common = dict(baseline=where, baseline_run_ids=tuple(base_runs), min_effect=effect, accepted=accepted)
+        common = {"baseline": where, "baseline_run_ids": tuple(base_runs), "min_effect": effect, "accepted": accepted}
         if key not in head:
             if (s.test_id, s.batch_size) in head_oom:
                 out.append(Comparison(s, None, note=f"out of memory at batch {s.batch_size} on the head only",

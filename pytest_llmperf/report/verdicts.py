@@ -5,6 +5,7 @@ Regressions come first, then inconclusive comparisons, then improvements, then t
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from collections.abc import Sequence
 
@@ -15,8 +16,8 @@ from rich.table import Table
 from pytest_llmperf.gate.verdict import OUTCOME_ORDER, Outcome, Verdict
 from pytest_llmperf.units import format_value
 
-_COLUMNS = ("outcome", "test", "batch", "metric", "base", "head", "ratio", "95% CI", "p", "n", "min effect",
-            "baseline", "notes")
+_COLUMNS = ("outcome", "test", "batch", "metric", "base", "head", "change", "ratio", "95% CI", "statistic", "p", "n",
+            "min effect", "baseline", "notes")
 
 
 def _outcome(v: Verdict) -> str:
@@ -28,15 +29,18 @@ def _outcome(v: Verdict) -> str:
 def _cells(v: Verdict) -> list[str]:
     e, s = v.evidence, v.subject
     if e is None:
-        base = head = ratio = ci = "-"
+        base = head = change = ratio = ci = statistic = "-"
     else:
         base, head = format_value(s.metric, e.base), format_value(s.metric, e.head)
+        change = ("+" if e.abs_change >= 0 else "-") + format_value(s.metric, abs(e.abs_change))
         ratio = f"{e.ratio:.3f}"
         ci = f"{e.ci_low:.3f}-{e.ci_high:.3f}" if e.method != "tolerance" else "-"
+        kind = {"prediction interval": "t", "tolerance": ""}.get(e.method, "U")
+        statistic = "-" if e.statistic is None else f"{kind}={e.statistic:.3g}"
     p = "-" if v.p_worse is None else f"{v.p_worse:.2g}"
     n = "-" if e is None else f"{e.n_base}/{e.n_head}"
     return [_outcome(v), s.test_id, "-" if s.batch_size is None else str(s.batch_size), s.metric, base, head,
-            ratio, ci, p, n, f"{v.comparison.min_effect:.0%}", v.comparison.baseline, "; ".join(v.notes)]
+            change, ratio, ci, statistic, p, n, f"{v.comparison.min_effect:.0%}", v.comparison.baseline, "; ".join(v.notes)]
 
 
 def ordered(verdicts: Sequence[Verdict]) -> list[Verdict]:
@@ -47,7 +51,8 @@ def ordered(verdicts: Sequence[Verdict]) -> list[Verdict]:
 def verdict_table(verdicts: Sequence[Verdict]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
     for column in _COLUMNS:
-        table.add_column(column, justify="right" if column in ("batch", "ratio", "p", "n", "min effect") else "left")
+        table.add_column(column, justify="right" if column in ("batch", "change", "ratio", "p", "n", "min effect")
+                         else "left")
     for v in ordered(verdicts):
         table.add_row(*(escape(c) for c in _cells(v)))
     return table
@@ -68,7 +73,7 @@ def _md(text: str) -> str:
 
 
 def verdict_markdown(verdicts: Sequence[Verdict], *, title: str, reproduce: str | None = None) -> str:
-    """``reproduce``: a command with ``{test}`` for the test id, printed under each regression."""
+    """``reproduce``: a command with ``{test}`` where the (shell-quoted) test id goes, shown per regressed test."""
     lines = [f"### {_md(title)}", "", f"**{_md(headline(verdicts))}**", ""]
     if verdicts:
         lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
@@ -77,5 +82,5 @@ def verdict_markdown(verdicts: Sequence[Verdict], *, title: str, reproduce: str 
     if regressions and reproduce:
         lines += ["", "Reproduce:", ""]
         for test_id in dict.fromkeys(v.subject.test_id for v in regressions):
-            lines.append(f"- `{reproduce.replace('{test}', test_id).replace('`', '')}`")
+            lines.append(f"- `{reproduce.replace('{test}', shlex.quote(test_id)).replace('`', '')}`")
     return "\n".join(lines) + "\n"

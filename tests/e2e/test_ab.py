@@ -76,7 +76,8 @@ def test_ab_finds_the_slower_head_and_keeps_both_sides_in_the_history(repo, tmp_
         sides = conn.execute("SELECT ab_side, git_commit FROM runs ORDER BY started_at, rowid").fetchall()
         verdicts = dict(conn.execute("SELECT metric, outcome FROM verdicts WHERE baseline_kind = 'ab'").fetchall())
     base, head = git(repo, "rev-parse", "HEAD~1"), git(repo, "rev-parse", "HEAD")
-    assert sides == [("base", base), ("head", head), ("base", base), ("head", head)]  # alternating processes
+    # alternating processes, the order of each pair alternating too
+    assert sides == [("base", base), ("head", head), ("head", head), ("base", base)]
     assert verdicts["tokens_per_s"] == "regressed" and verdicts["tpot_ms"] == "regressed"
     markdown = (reports / "verdicts.md").read_text()
     assert f"{base[:12]} (base) vs {head[:12]} (head)" in markdown

@@ -3,7 +3,7 @@
 import pytest
 
 from pytest_llmperf.case import MarkerError, cases_from_marker
-from pytest_llmperf.gate.spec import GateSpec, parse_min_effect, matches_test_id
+from pytest_llmperf.gate.spec import GateSpec, matches_test_id, parse_min_effect
 from pytest_llmperf.settings import Settings
 
 
