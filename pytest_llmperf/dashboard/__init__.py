@@ -1,0 +1,1 @@
+"""The trend dashboard: a static site of every series' history, with its change points flagged."""
