@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_gate_commands(commands)
     _add_admin_commands(commands)
+
+    dashboard = commands.add_parser("dashboard", help="a static site of every series' history, with change points")
+    dashboard.add_argument("--db", default=OPTIONS_BY_NAME["db"].default,
+                           help="history database (default: %(default)s)")
+    dashboard.add_argument("--out", required=True, metavar="DIR", help="the folder to write the site into")
+    dashboard.add_argument("--branch", metavar="NAME",
+                           help="the branch the overview shows first (default: the repository's default branch)")
     return parser
 
 
@@ -193,7 +200,23 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-ADMIN_HANDLERS = {"merge": _merge, "export": _export, "prune": _prune}
+def _dashboard(args: argparse.Namespace) -> int:
+    import time
+
+    from pytest_llmperf.dashboard.site import build_dashboard
+    from pytest_llmperf.environment import default_branch
+
+    path = Path(args.db)
+    if _missing_db(path):
+        return 2
+    started = time.perf_counter()
+    counts = build_dashboard(path, Path(args.out), default_branch=args.branch or default_branch(Path.cwd()))
+    print(f"llmperf dashboard: {counts['series']} series ({counts['points']} points, {counts['runs']} runs) on "
+          f"{counts['pages']} pages in {time.perf_counter() - started:.1f} s: open {Path(args.out) / 'index.html'}")
+    return 0
+
+
+ADMIN_HANDLERS = {"merge": _merge, "export": _export, "prune": _prune, "dashboard": _dashboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,264 @@
+"""``llmperf dashboard``: a static site built from the history alone.
+
+Works from a file or any static host, offline: its script and styles ship inside this package (uPlot,
+MIT, for the charts). Every string from the history reaches HTML escaped, and JSON inside a script tag
+cannot close it. Layout of the output folder::
+
+    index.html              every series with its latest value, change, sparkline and flags; filters
+    series/<page>.html      one configuration: each metric's history, trial spread, budget, change points;
+                            the same model's backends side by side
+    data/<page>.js          the points of that page (a script, so that pages work from file:// too); each
+                            chart exports its series as CSV or JSON from these, in the browser
+    assets/                 uPlot, dashboard.js, dashboard.css
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from pytest_llmperf.dashboard.changepoints import ChangePoint, ChangePointConfig, detect_change_points
+from pytest_llmperf.dashboard.history import DASHBOARD_METRICS, History, Series, load_history, pages
+from pytest_llmperf.measure.metrics import Better, metric
+from pytest_llmperf.units import format_value
+
+STATIC = Path(__file__).parent / "static"
+ASSETS = ("uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE", "dashboard.js", "dashboard.css")
+#: points in an overview sparkline, and runs the latest value is compared with
+SPARK_POINTS = 40
+PREVIOUS_RUNS = 10
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def script_json(data: Any) -> str:
+    """JSON to embed in a <script>: no "</script>" or "<!--" can end or confuse the element."""
+    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e") \
+        .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _epoch(started_at: str) -> float:
+    return datetime.fromisoformat(started_at).timestamp()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One overview row: a series on a branch. Rows are sorted what got worse first: regressions, then by the
+    larger of the latest change point's step and the latest value's change, in the worse direction."""
+
+    series: Series
+    latest: float
+    #: latest against the median of the runs before it, as a fraction; positive: worse
+    worse_change: float | None
+    change_points: tuple[ChangePoint, ...]
+    regressed: bool
+
+
+def _worse_change(s: Series) -> float | None:
+    if len(s.values) < 2:
+        return None
+    before = median(s.values[-1 - PREVIOUS_RUNS:-1])
+    if before == 0:
+        return None
+    ratio = s.values[-1] / before
+    return 1 - ratio if metric(s.metric).better is Better.HIGHER else ratio - 1
+
+
+def overview_rows(history: History, config: ChangePointConfig) -> list[Row]:
+    rows = []
+    for s in history.series.values():
+        points = detect_change_points(s.values, config) if len(s.values) >= 2 * config.min_segment else []
+        regressed = history.verdicts.get((s.key, s.run_ids[-1])) == "regressed"
+        rows.append(Row(s, s.values[-1], _worse_change(s), tuple(points), regressed))
+    return sorted(rows, key=lambda r: (not r.regressed, -_worsening(r), r.series.label))
+
+
+def _worsening(row: Row) -> float:
+    """How much worse a series got: its latest change point's step or its latest value's change, the larger."""
+    better = metric(row.series.metric).better
+    steps = [c.relative_change if better is Better.LOWER else -c.relative_change for c in row.change_points[-1:]]
+    return max([*steps, row.worse_change if row.worse_change is not None else 0.0])
+
+
+def sparkline(values: Sequence[float], width: int = 120, height: int = 24) -> str:
+    values = list(values)[-SPARK_POINTS:]
+    if len(values) < 2:
+        return f'<svg class="spark" width="{width}" height="{height}"></svg>'
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = (width - 2) / (len(values) - 1)
+    points = " ".join(f"{i * step + 1:.1f},{height - 2 - (v - low) / span * (height - 4):.1f}"
+                      for i, v in enumerate(values))
+    return (f'<svg class="spark" width="{width}" height="{height}" role="img" aria-label="last {len(values)} runs">'
+            f'<polyline fill="none" stroke="currentColor" stroke-width="1.2" points="{points}"/></svg>')
+
+
+def _change_cell(change: float | None) -> str:
+    if change is None:
+        return '<td class="num">-</td>'
+    cls = "worse" if change > 0.005 else "better" if change < -0.005 else ""
+    return f'<td class="num {cls}" data-sort="{change:.6f}">{change:+.1%} {"worse" if change > 0 else "better"}</td>'
+
+
+def _flags(row: Row, history: History) -> str:
+    flags = []
+    if row.regressed:
+        flags.append('<span class="flag regressed">regressed</span>')
+    if row.change_points:
+        last = row.change_points[-1]
+        run = history.runs[row.series.run_ids[last.index]]
+        where = f"at {run.started_at} ({(run.commit or '')[:12]})"
+        flags.append(f'<span class="flag changepoint" title="{esc(where)}">change point {last.relative_change:+.1%}</span>')
+    return " ".join(flags)
+
+
+def render_overview(history: History, rows: list[Row], default_branch: str) -> str:
+    body = []
+    for row in rows:
+        s = row.series
+        run = history.runs[s.run_ids[-1]]
+        body.append(
+            f'<tr data-model="{esc(s.model_id)}" data-backend="{esc(s.backend)}" data-device="{esc(s.device)}" '
+            f'data-branch="{esc(s.branch)}" data-metric="{esc(s.metric)}">'
+            f'<td><a href="series/{esc(s.page)}.html#{esc(s.branch)}">{esc(s.test_id)}</a></td>'
+            f"<td>{esc(s.model_id)}</td><td>{esc(s.backend)}{'' if s.variant == 'default' else ' ' + esc(s.variant)}"
+            f'</td><td class="num">{s.world_size}</td><td class="num">{"-" if s.batch_size is None else s.batch_size}'
+            f"</td><td>{esc(s.metric)}</td><td>{esc(s.device)}</td><td>{esc(s.branch)}</td>"
+            f'<td class="num">{esc(format_value(s.metric, row.latest))}</td>{_change_cell(row.worse_change)}'
+            f"<td>{sparkline(s.values)}</td><td>{_flags(row, history)}</td>"
+            f'<td class="num">{len(s.values)}</td><td>{esc(run.started_at[:16].replace("T", " "))}</td></tr>')
+    filters = "".join(
+        f'<label>{name} <select data-filter="{name}"><option value="">all</option>'
+        + "".join(f'<option{" selected" if name == "branch" and v == default_branch else ""}>{esc(v)}</option>'
+                  for v in sorted({getattr(r.series, attr) for r in rows}))
+        + "</select></label>"
+        for name, attr in (("model", "model_id"), ("backend", "backend"), ("device", "device"), ("branch", "branch"),
+                           ("metric", "metric")))
+    header = "".join(f"<th>{h}</th>" for h in ("test", "model", "backend", "world", "batch", "metric", "device",
+                                                "branch", "latest", f"vs previous {PREVIOUS_RUNS}",
+                                                f"last {SPARK_POINTS} runs", "flags", "runs", "latest run"))
+    return _page("llmperf dashboard", f"""
+<header><h1>llmperf dashboard</h1><p>{len(history.runs)} runs, {len(rows)} series · worse first</p></header>
+<nav class="filters">{filters} <span id="shown"></span></nav>
+<table id="overview"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>
+""", root="", scripts=("dashboard.js",), init="LLMPerf.overview()")
+
+
+def _page(title: str, body: str, *, root: str, scripts: Sequence[str], init: str, data: str | None = None) -> str:
+    tags = "".join(f'<script src="{root}assets/{name}"></script>' for name in scripts)
+    data_tag = f'<script src="{esc(data)}"></script>' if data else ""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<link rel="stylesheet" href="{root}assets/uPlot.min.css"><link rel="stylesheet" '
+            f'href="{root}assets/dashboard.css"></head><body>{body}{tags}{data_tag}'
+            f"<script>{init};</script></body></html>\n")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.6g}")
+
+
+class _RunTable:
+    """The runs of one page, each once: series refer to them by index (a run is on every metric's chart)."""
+
+    def __init__(self, history: History):
+        self._history = history
+        self._index: dict[str, int] = {}
+        self.rows: list[list[Any]] = []
+        self._envs: dict[str, int] = {}
+        self.envs: list[dict[str, Any]] = []
+
+    def index(self, run_id: str) -> int:
+        if run_id not in self._index:
+            run = self._history.runs[run_id]
+            if run.env not in self._envs:
+                self._envs[run.env] = len(self.envs)
+                self.envs.append({"device": run.device, "versions": {
+                    k: run.environment.get(k) for k in ("driver", "cuda", "torch", "transformers", "accelerate",
+                                                        "deepspeed") if run.environment.get(k)}})
+            self._index[run_id] = len(self.rows)
+            self.rows.append([run_id, run.started_at, (run.commit or "")[:12], self._envs[run.env], run.reproduce()])
+        return self._index[run_id]
+
+
+def _series_data(s: Series, history: History, points: list[ChangePoint], runs: _RunTable) -> dict[str, Any]:
+    started = [history.runs[r].started_at for r in s.run_ids]
+    oom = [_epoch(history.runs[r].started_at) for t, b, r in history.oom
+           if t == s.test_id and b == s.batch_size and r in history.runs and history.runs[r].branch == s.branch]
+    commits = [(history.runs[r].commit or "")[:12] for r in s.run_ids]
+    return {
+        "key": s.key, "metric": s.metric, "unit": s.unit, "better": metric(s.metric).better.value,
+        "branch": s.branch, "label": s.label, "budget": s.budget, "backend": s.backend, "variant": s.variant,
+        "test": s.test_id, "model": s.model_id, "dtype": s.dtype, "world_size": s.world_size, "batch": s.batch_size,
+        "device": s.device, "x": [int(_epoch(t)) for t in started], "y": [_round(v) for v in s.values],
+        "q1": [_round(v) for v in s.q1], "q3": [_round(v) for v in s.q3], "run": [runs.index(r) for r in s.run_ids],
+        "changepoints": [{"index": c.index, "x": _epoch(started[c.index]), "change": round(c.relative_change, 4),
+                          "from": commits[c.index - 1], "to": commits[c.index]} for c in points],
+        "oom": sorted(oom),
+    }
+
+
+def _siblings(members: list[Series], by_page: dict[str, list[Series]]) -> list[Series]:
+    """The same model's other backends (and variants): same test function, dtype, batch, world size and device."""
+    first = next((s for s in members if s.metric == "tokens_per_s"), None)
+    if first is None:
+        return []
+    function = first.test_id.split("[", 1)[0]
+    return [s for page in by_page.values() for s in page
+            if s.metric == "tokens_per_s" and s.test_id.split("[", 1)[0] == function and s.model_id == first.model_id
+            and s.dtype == first.dtype and s.batch_size == first.batch_size and s.world_size == first.world_size
+            and s.env == first.env]
+
+
+def render_series_page(page: str, members: list[Series], siblings: list[Series]) -> str:
+    first = next((s for s in members if s.batch_size is not None), members[0])
+    title = f"{first.test_id} · {first.backend}" + ("" if first.variant == "default" else f" {first.variant}")
+    facts = (f"model {first.model_id} ({first.dtype}) · world size {first.world_size} · batch "
+             f"{first.batch_size if first.batch_size is not None else '-'} · device {first.device}")
+    branches = sorted({s.branch for s in members})
+    options = "".join(f"<option>{esc(b)}</option>" for b in branches)
+    return _page(title, f"""
+<header><a href="../index.html">← all series</a><h1>{esc(title)}</h1><p>{esc(facts)}</p>
+<label>branch <select id="branch">{options}</select></label></header>
+<main id="charts"></main>
+<section><h2>Backends side by side: tokens_per_s</h2><div id="siblings"></div></section>
+<div id="tooltip" class="tooltip" hidden></div>
+""", root="../", scripts=("uPlot.iife.min.js", "dashboard.js"), init="LLMPerf.seriesPage()",
+                 data=f"../data/{page}.js")
+
+
+def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
+                    config: ChangePointConfig = ChangePointConfig()) -> dict[str, int]:
+    """Build the site into ``out`` (replacing what a previous build left); returns counts of what it wrote."""
+    history = load_history(db)
+    rows = overview_rows(history, config)
+    for name in ("series", "data", "assets"):
+        shutil.rmtree(out / name, ignore_errors=True)
+        (out / name).mkdir(parents=True)
+    for name in ASSETS:
+        shutil.copyfile(STATIC / name, out / "assets" / name)
+    by_page = pages(history)
+    points = {(r.series.key, r.series.branch): r.change_points for r in rows}
+    for page, members in by_page.items():
+        members = sorted(members, key=lambda s: (DASHBOARD_METRICS.index(s.metric), s.branch))
+        siblings = _siblings(members, by_page)
+        runs = _RunTable(history)
+        series = [_series_data(s, history, list(points[(s.key, s.branch)]), runs) for s in members]
+        data = {"series": series, "runs": runs.rows, "envs": runs.envs,
+                "siblings": [{"label": f"{s.backend}{'' if s.variant == 'default' else ' ' + s.variant}",
+                              "branch": s.branch, "x": [int(_epoch(history.runs[r].started_at)) for r in s.run_ids],
+                              "y": [_round(v) for v in s.values]} for s in siblings]}
+        (out / "data" / f"{page}.js").write_text(f"window.LLMPERF_PAGE={script_json(data)};\n")
+        (out / "series" / f"{page}.html").write_text(render_series_page(page, members, siblings))
+    (out / "index.html").write_text(render_overview(history, rows, default_branch))
+    return {"runs": len(history.runs), "series": len(rows), "pages": len(by_page),
+            "points": sum(len(s.values) for s in history.series.values())}

@@ -1,0 +1,126 @@
+"""The dashboard in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Screenshots go to ``LLMPERF_TEST_ARTIFACTS`` (default: ``.llmperf/test-artifacts`` under the project).
+"""
+
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_llmperf.dashboard.generate import GeneratedTest, generate_history
+from pytest_llmperf.dashboard.site import build_dashboard
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+HOSTILE = "suites/t.py::test_x[<script>alert(1)</script>]"
+RUNS = 60
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium (Debian: apt install chromium)")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dashboard")
+    tests = [GeneratedTest("suites/t.py::test_x[llama-hf]", "hf", (1, 8), step=(30, -0.15), budget_fraction=0.8),
+             GeneratedTest("suites/t.py::test_x[llama-accelerate]", "accelerate", (1, 8)),
+             GeneratedTest(HOSTILE, "ds-zero", (1,))]
+    generate_history(root / "history.db", tests, runs=RUNS, noise=0.02)
+    build_dashboard(root / "history.db", root / "site")
+    return root / "site"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page that collects console errors, uncaught exceptions and dialogs (an injected alert would be one)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.problems = []
+    page.on("console", lambda m: page.problems.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    page.on("dialog", lambda d: (page.problems.append(f"dialog: {d.message}"), d.dismiss()))
+    yield page
+    page.close()
+
+
+def artifact(name: str) -> Path:
+    folder = Path(os.environ.get("LLMPERF_TEST_ARTIFACTS", Path(__file__).parents[2] / ".llmperf" / "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def test_the_overview_lists_every_series_filters_work_and_hostile_names_stay_text(site, page):
+    page.goto((site / "index.html").as_uri())
+    rows = page.locator("#overview tbody tr")
+    assert rows.count() == 9 + 9 + 5
+    assert page.text_content("#shown") == "23 of 23 series shown"
+    page.select_option("select[data-filter=backend]", "hf")
+    assert page.locator("#overview tbody tr:visible").count() == 9
+    page.select_option("select[data-filter=metric]", "tokens_per_s")
+    assert page.text_content("#shown") == "2 of 23 series shown"
+    page.select_option("select[data-filter=backend]", "")
+    page.select_option("select[data-filter=metric]", "")
+    assert page.locator("#overview tbody tr:visible").count() == 23
+    assert HOSTILE in page.text_content("#overview")  # shown as text, not run
+    assert page.locator("#overview script").count() == 0
+    first = page.locator("#overview tbody tr").first.text_content()
+    assert "llama-hf" in first and "change point" in first  # what got worse is on top
+    page.screenshot(path=str(artifact("dashboard-overview.png")), full_page=True)
+    assert page.problems == []
+
+
+def test_a_series_page_draws_every_metric_with_all_its_points_and_shows_a_run_on_hover(site, page):
+    page.goto((site / "index.html").as_uri())
+    page.locator("#overview tbody tr").first.locator("a").click()
+    page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
+    charts = page.evaluate("() => window.LLMPerf.charts.map(c => [c.metric, c.points])")
+    assert charts == [["tokens_per_s", RUNS], ["tpot_ms", RUNS], ["ttft_ms", RUNS], ["load_s", RUNS],
+                      ["peak_mem_bytes", RUNS], ["siblings", RUNS]]
+    assert page.locator("canvas").count() == 6
+    assert "change point -1" in page.text_content("#charts")  # the step, with its size and commit range
+    plot = page.locator("section.chart .u-over").first
+    box = plot.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    tip = page.locator("#tooltip")
+    assert tip.is_visible()
+    assert "commit" in tip.text_content() and "reproduce: git checkout" in tip.text_content()
+    page.screenshot(path=str(artifact("dashboard-series.png")), full_page=True)
+    assert page.problems == []
+
+
+def test_a_series_downloads_as_csv_and_json_with_every_run(site, page):
+    page.goto((site / "index.html").as_uri())
+    page.locator("#overview tbody tr").first.locator("a").click()
+    page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
+    exports = {}
+    for kind in ("csv", "json"):
+        with page.expect_download() as download:
+            page.locator(f"section.chart button.export[data-kind={kind}]").first.click()
+        exports[kind] = Path(download.value.path()).read_text()
+    data = json.loads(exports["json"])
+    assert data["metric"] == "tokens_per_s" and data["branch"] == "main" and len(data["points"]) == RUNS
+    rows = list(csv.DictReader(io.StringIO(exports["csv"])))
+    assert [r["run_id"] for r in rows] == [p["run_id"] for p in data["points"]]
+    assert float(rows[-1]["value"]) == data["points"][-1]["value"]
+    assert page.problems == []
+
+
+def test_the_hostile_series_page_renders_its_name_as_text(site, page):
+    page.goto((site / "index.html").as_uri())
+    page.locator("#overview tbody tr", has_text="alert(1)").first.locator("a").click()
+    page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
+    assert HOSTILE in page.text_content("h1")
+    assert page.problems == []
