@@ -22,7 +22,7 @@ LABEL = "run-llmperf"
 MARKER = "<!-- llmperf-gate -->"
 GPU_RUNNER = ["self-hosted", "linux", "gpu"]
 README_COMMANDS = (
-    "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e '.[test]'",
+    ".ci/install",
     ".venv/bin/pytest",
     ".venv/bin/pytest --llmperf suites/",
 )
@@ -161,8 +161,11 @@ def test_ci_runs_the_readme_commands(workflows):
     assert all(command in readme for command in README_COMMANDS)
 
 
-def test_ci_script_is_executable():
+def test_ci_scripts_are_executable_and_install_the_test_extra():
     assert (ROOT / ".ci" / "run").stat().st_mode & 0o111
+    assert (ROOT / ".ci" / "install").stat().st_mode & 0o111
+    assert "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e '.[test]'" in (
+        ROOT / ".ci" / "install").read_text().splitlines()
 
 
 def test_pr_workflow_runs_read_only_on_the_gpu_runner(workflows):
@@ -269,7 +272,7 @@ def test_nightly_runs_the_default_branch_and_keeps_the_history(workflows):
     assert "--llmperf-report-dir " in suite and "--llmperf-db " in suite
     assert any("llmperf prune --db .llmperf/history.db --keep-days 180" in s for s in scripts)
     assert any("llmperf export --db .llmperf/history.db --format json --out " in s for s in scripts)
-    assert not any("llmperf dashboard" in s for s in scripts)
+    assert any("llmperf dashboard --db .llmperf/history.db --out .llmperf/report/dashboard" in s for s in scripts)
     [upload] = uses(nightly, "actions/upload-artifact")
     assert upload["if"] == "always()"
 
