@@ -129,7 +129,8 @@ def render_overview(history: History, rows: list[Row], default_branch: str) -> s
         body.append(
             f'<tr data-model="{esc(s.model_id)}" data-backend="{esc(s.backend)}" data-device="{esc(s.device)}" '
             f'data-branch="{esc(s.branch)}" data-metric="{esc(s.metric)}">'
-            f'<td><a href="series/{esc(s.page)}.html#{esc(s.branch)}">{esc(s.test_id)}</a></td>'
+            f'<td class="test"><a href="series/{esc(s.page)}.html#{esc(s.branch)}" title="{esc(s.test_id)}">'
+            f"{esc(s.test_id.rsplit('::', 1)[-1])}</a></td>"
             f"<td>{esc(s.model_id)}</td><td>{esc(s.backend)}{'' if s.variant == 'default' else ' ' + esc(s.variant)}"
             f'</td><td class="num">{s.world_size}</td><td class="num">{"-" if s.batch_size is None else s.batch_size}'
             f"</td><td>{esc(s.metric)}</td><td>{esc(s.device)}</td><td>{esc(s.branch)}</td>"
