@@ -31,3 +31,24 @@ class SeriesKey:
     def digest(self) -> str:
         canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One series as people name it: its key, and the parts of it that say what was measured (the gate's
+    subject of a comparison, a dashboard's series)."""
+
+    series_key: str
+    test_id: str
+    model_id: str
+    backend: str
+    variant: str
+    dtype: str
+    world_size: int
+    batch_size: int | None
+    metric: str
+
+    @property
+    def label(self) -> str:
+        batch = f" b{self.batch_size}" if self.batch_size is not None else ""
+        return f"{self.test_id}{batch} {self.metric}"

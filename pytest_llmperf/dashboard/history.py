@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.measure.metrics import GATED_METRICS
-from pytest_llmperf.series import SeriesKey
+from pytest_llmperf.series import SeriesKey, Subject
 
 #: the metrics a dashboard shows, in this order: the gated ones
 DASHBOARD_METRICS = GATED_METRICS
@@ -43,16 +43,8 @@ class Run:
 class Series:
     """One series on one branch: the points in run order."""
 
-    key: str
+    subject: Subject
     page: str
-    test_id: str
-    model_id: str
-    backend: str
-    variant: str
-    dtype: str
-    world_size: int
-    batch_size: int | None
-    metric: str
     unit: str
     env: str
     device: str
@@ -65,9 +57,10 @@ class Series:
 
     @property
     def label(self) -> str:
-        variant = "" if self.variant == "default" else f" {self.variant}"
-        batch = "" if self.batch_size is None else f" b{self.batch_size}"
-        return f"{self.test_id}{batch} · {self.backend}{variant} ws{self.world_size} · {self.metric}"
+        s = self.subject
+        variant = "" if s.variant == "default" else f" {s.variant}"
+        batch = "" if s.batch_size is None else f" b{s.batch_size}"
+        return f"{s.test_id}{batch} · {s.backend}{variant} ws{s.world_size} · {s.metric}"
 
 
 @dataclass(frozen=True)
@@ -127,8 +120,9 @@ def load_history(path: Path) -> History:
             s = series.get((key, run.branch))  # type: ignore[arg-type]
             if s is None:
                 s = series[(key, run.branch)] = Series(  # type: ignore[index]
-                    key, page_key(test, model, backend, variant, dtype, ws, batch, env), test, model, backend,
-                    variant, dtype, ws, batch, metric, unit, env, run.device, run.branch)  # type: ignore[arg-type]
+                    Subject(key, test, model, backend, variant, dtype, ws, batch, metric),
+                    page_key(test, model, backend, variant, dtype, ws, batch, env), unit, env, run.device,
+                    run.branch)  # type: ignore[arg-type]
             s.run_ids.append(run_id)
             s.values.append(value)
             s.q1.append(q1)
@@ -148,16 +142,16 @@ def load_history(path: Path) -> History:
 def pages(history: History) -> dict[str, list[Series]]:
     """page key -> its series (every metric, every branch); a load metric joins every page of its test."""
     by_page: dict[str, list[Series]] = defaultdict(list)
-    load_series = [s for s in history.series.values() if s.batch_size is None]
+    load_series = [s for s in history.series.values() if s.subject.batch_size is None]
     for s in history.series.values():
-        if s.batch_size is not None:
+        if s.subject.batch_size is not None:
             by_page[s.page].append(s)
+    def configuration(s: Series) -> tuple[object, ...]:
+        return (s.subject.test_id, s.subject.model_id, s.subject.backend, s.subject.variant, s.subject.dtype,
+                s.subject.world_size, s.env)
+
     for page, members in list(by_page.items()):
-        first = members[0]
-        by_page[page] += [s for s in load_series if (s.test_id, s.model_id, s.backend, s.variant, s.dtype,
-                                                     s.world_size, s.env) ==
-                          (first.test_id, first.model_id, first.backend, first.variant, first.dtype,
-                           first.world_size, first.env)]
+        by_page[page] += [s for s in load_series if configuration(s) == configuration(members[0])]
     placed = {id(s) for members in by_page.values() for s in members}
     for s in load_series:  # a test that measured no batch (load only) still gets its page
         if id(s) not in placed:

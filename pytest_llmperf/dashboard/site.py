@@ -70,21 +70,21 @@ def _worse_change(s: Series) -> float | None:
     if before == 0:
         return None
     ratio = s.values[-1] / before
-    return 1 - ratio if metric(s.metric).better is Better.HIGHER else ratio - 1
+    return 1 - ratio if metric(s.subject.metric).better is Better.HIGHER else ratio - 1
 
 
 def overview_rows(history: History, config: ChangePointConfig) -> list[Row]:
     rows = []
     for s in history.series.values():
         points = detect_change_points(s.values, config) if len(s.values) >= 2 * config.min_segment else []
-        regressed = history.verdicts.get((s.key, s.run_ids[-1])) == "regressed"
+        regressed = history.verdicts.get((s.subject.series_key, s.run_ids[-1])) == "regressed"
         rows.append(Row(s, s.values[-1], _worse_change(s), tuple(points), regressed))
     return sorted(rows, key=lambda r: (not r.regressed, -_worsening(r), r.series.label))
 
 
 def _worsening(row: Row) -> float:
     """How much worse a series got: its latest change point's step or its latest value's change, the larger."""
-    better = metric(row.series.metric).better
+    better = metric(row.series.subject.metric).better
     steps = [c.relative_change if better is Better.LOWER else -c.relative_change for c in row.change_points[-1:]]
     return max([*steps, row.worse_change if row.worse_change is not None else 0.0])
 
@@ -117,33 +117,37 @@ def _flags(row: Row, history: History) -> str:
         last = row.change_points[-1]
         run = history.runs[row.series.run_ids[last.index]]
         where = f"at {run.started_at} ({(run.commit or '')[:12]})"
-        flags.append(f'<span class="flag changepoint" title="{esc(where)}">change point {last.relative_change:+.1%}</span>')
+        flags.append(f'<span class="flag changepoint" title="{esc(where)}">'
+                     f"change point {last.relative_change:+.1%}</span>")
     return " ".join(flags)
 
 
 def render_overview(history: History, rows: list[Row], default_branch: str) -> str:
     body = []
     for row in rows:
-        s = row.series
+        s, subject = row.series, row.series.subject
         run = history.runs[s.run_ids[-1]]
+        variant = "" if subject.variant == "default" else " " + esc(subject.variant)
+        batch = "-" if subject.batch_size is None else subject.batch_size
         body.append(
-            f'<tr data-model="{esc(s.model_id)}" data-backend="{esc(s.backend)}" data-device="{esc(s.device)}" '
-            f'data-branch="{esc(s.branch)}" data-metric="{esc(s.metric)}">'
-            f'<td class="test"><a href="series/{esc(s.page)}.html#{esc(s.branch)}" title="{esc(s.test_id)}">'
-            f"{esc(s.test_id.rsplit('::', 1)[-1])}</a></td>"
-            f"<td>{esc(s.model_id)}</td><td>{esc(s.backend)}{'' if s.variant == 'default' else ' ' + esc(s.variant)}"
-            f'</td><td class="num">{s.world_size}</td><td class="num">{"-" if s.batch_size is None else s.batch_size}'
-            f"</td><td>{esc(s.metric)}</td><td>{esc(s.device)}</td><td>{esc(s.branch)}</td>"
-            f'<td class="num">{esc(format_value(s.metric, row.latest))}</td>{_change_cell(row.worse_change)}'
+            f'<tr data-model="{esc(subject.model_id)}" data-backend="{esc(subject.backend)}" '
+            f'data-device="{esc(s.device)}" data-branch="{esc(s.branch)}" data-metric="{esc(subject.metric)}">'
+            f'<td class="test"><a href="series/{esc(s.page)}.html#{esc(s.branch)}" title="{esc(subject.test_id)}">'
+            f"{esc(subject.test_id.rsplit('::', 1)[-1])}</a></td>"
+            f"<td>{esc(subject.model_id)}</td><td>{esc(subject.backend)}{variant}</td>"
+            f'<td class="num">{subject.world_size}</td><td class="num">{batch}</td>'
+            f"<td>{esc(subject.metric)}</td><td>{esc(s.device)}</td><td>{esc(s.branch)}</td>"
+            f'<td class="num">{esc(format_value(subject.metric, row.latest))}</td>{_change_cell(row.worse_change)}'
             f"<td>{sparkline(s.values)}</td><td>{_flags(row, history)}</td>"
             f'<td class="num">{len(s.values)}</td><td>{esc(run.started_at[:16].replace("T", " "))}</td></tr>')
     filters = "".join(
         f'<label>{name} <select data-filter="{name}"><option value="">all</option>'
         + "".join(f'<option{" selected" if name == "branch" and v == default_branch else ""}>{esc(v)}</option>'
-                  for v in sorted({getattr(r.series, attr) for r in rows}))
+                  for v in sorted({value(r.series) for r in rows}))
         + "</select></label>"
-        for name, attr in (("model", "model_id"), ("backend", "backend"), ("device", "device"), ("branch", "branch"),
-                           ("metric", "metric")))
+        for name, value in (("model", lambda s: s.subject.model_id), ("backend", lambda s: s.subject.backend),
+                            ("device", lambda s: s.device), ("branch", lambda s: s.branch),
+                            ("metric", lambda s: s.subject.metric)))
     header = "".join(f"<th>{h}</th>" for h in ("test", "model", "backend", "world", "batch", "metric", "device",
                                                 "branch", "latest", f"vs previous {PREVIOUS_RUNS}",
                                                 f"last {SPARK_POINTS} runs", "flags", "runs", "latest run"))
@@ -192,14 +196,16 @@ class _RunTable:
 
 
 def _series_data(s: Series, history: History, points: list[ChangePoint], runs: _RunTable) -> dict[str, Any]:
+    subject = s.subject
     started = [history.runs[r].started_at for r in s.run_ids]
     oom = [_epoch(history.runs[r].started_at) for t, b, r in history.oom
-           if t == s.test_id and b == s.batch_size and r in history.runs and history.runs[r].branch == s.branch]
+           if (t, b) == (subject.test_id, subject.batch_size) and history.runs[r].branch == s.branch]
     commits = [(history.runs[r].commit or "")[:12] for r in s.run_ids]
     return {
-        "key": s.key, "metric": s.metric, "unit": s.unit, "better": metric(s.metric).better.value,
-        "branch": s.branch, "label": s.label, "budget": s.budget, "backend": s.backend, "variant": s.variant,
-        "test": s.test_id, "model": s.model_id, "dtype": s.dtype, "world_size": s.world_size, "batch": s.batch_size,
+        "key": subject.series_key, "metric": subject.metric, "unit": s.unit,
+        "better": metric(subject.metric).better.value, "branch": s.branch, "label": s.label, "budget": s.budget,
+        "backend": subject.backend, "variant": subject.variant, "test": subject.test_id, "model": subject.model_id,
+        "dtype": subject.dtype, "world_size": subject.world_size, "batch": subject.batch_size,
         "device": s.device, "x": [int(_epoch(t)) for t in started], "y": [_round(v) for v in s.values],
         "q1": [_round(v) for v in s.q1], "q3": [_round(v) for v in s.q3], "run": [runs.index(r) for r in s.run_ids],
         "changepoints": [{"index": c.index, "x": _epoch(started[c.index]), "change": round(c.relative_change, 4),
@@ -210,21 +216,22 @@ def _series_data(s: Series, history: History, points: list[ChangePoint], runs: _
 
 def _siblings(members: list[Series], by_page: dict[str, list[Series]]) -> list[Series]:
     """The same model's other backends (and variants): same test function, dtype, batch, world size and device."""
-    first = next((s for s in members if s.metric == "tokens_per_s"), None)
+    first = next((s for s in members if s.subject.metric == "tokens_per_s"), None)
     if first is None:
         return []
-    function = first.test_id.split("[", 1)[0]
-    return [s for page in by_page.values() for s in page
-            if s.metric == "tokens_per_s" and s.test_id.split("[", 1)[0] == function and s.model_id == first.model_id
-            and s.dtype == first.dtype and s.batch_size == first.batch_size and s.world_size == first.world_size
-            and s.env == first.env]
+    def comparable(s: Series) -> tuple[object, ...]:
+        u = s.subject
+        return (u.metric, u.test_id.split("[", 1)[0], u.model_id, u.dtype, u.batch_size, u.world_size, s.env)
+
+    return [s for page in by_page.values() for s in page if comparable(s) == comparable(first)]
 
 
 def render_series_page(page: str, members: list[Series], siblings: list[Series]) -> str:
-    first = next((s for s in members if s.batch_size is not None), members[0])
-    title = f"{first.test_id} · {first.backend}" + ("" if first.variant == "default" else f" {first.variant}")
-    facts = (f"model {first.model_id} ({first.dtype}) · world size {first.world_size} · batch "
-             f"{first.batch_size if first.batch_size is not None else '-'} · device {first.device}")
+    first = next((s for s in members if s.subject.batch_size is not None), members[0])
+    u = first.subject
+    title = f"{u.test_id} · {u.backend}" + ("" if u.variant == "default" else f" {u.variant}")
+    facts = (f"model {u.model_id} ({u.dtype}) · world size {u.world_size} · batch "
+             f"{u.batch_size if u.batch_size is not None else '-'} · device {first.device}")
     branches = sorted({s.branch for s in members})
     options = "".join(f"<option>{esc(b)}</option>" for b in branches)
     return _page(title, f"""
@@ -248,14 +255,15 @@ def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
     for name in ASSETS:
         shutil.copyfile(STATIC / name, out / "assets" / name)
     by_page = pages(history)
-    points = {(r.series.key, r.series.branch): r.change_points for r in rows}
+    points = {(r.series.subject.series_key, r.series.branch): r.change_points for r in rows}
     for page, members in by_page.items():
-        members = sorted(members, key=lambda s: (DASHBOARD_METRICS.index(s.metric), s.branch))
+        members = sorted(members, key=lambda s: (DASHBOARD_METRICS.index(s.subject.metric), s.branch))
         siblings = _siblings(members, by_page)
         runs = _RunTable(history)
-        series = [_series_data(s, history, list(points[(s.key, s.branch)]), runs) for s in members]
+        series = [_series_data(s, history, list(points[(s.subject.series_key, s.branch)]), runs) for s in members]
         data = {"series": series, "runs": runs.rows, "envs": runs.envs,
-                "siblings": [{"label": f"{s.backend}{'' if s.variant == 'default' else ' ' + s.variant}",
+                "siblings": [{"label": s.subject.backend + ("" if s.subject.variant == "default"
+                                                            else f" {s.subject.variant}"),
                               "branch": s.branch, "x": [int(_epoch(history.runs[r].started_at)) for r in s.run_ids],
                               "y": [_round(v) for v in s.values]} for s in siblings]}
         (out / "data" / f"{page}.js").write_text(f"window.LLMPERF_PAGE={script_json(data)};\n")

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_llmperf.gate.spec import DEFAULT_MIN_EFFECT, matches_test_id
-from pytest_llmperf.gate.verdict import Subject
 from pytest_llmperf.measure.metrics import TRIAL_METRICS
 from pytest_llmperf.results import Trial
+from pytest_llmperf.series import Subject
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 from pytest_llmperf.gate.evidence import Evidence
 from pytest_llmperf.gate.spec import DEFAULT_MIN_EFFECT
 from pytest_llmperf.measure.metrics import Better, metric
+from pytest_llmperf.series import Subject
 
 DEFAULT_ALPHA = 0.05
 
@@ -33,26 +34,6 @@ class Outcome(StrEnum):
 
 #: the order of a report: what needs attention first
 OUTCOME_ORDER = (Outcome.REGRESSED, Outcome.INCONCLUSIVE, Outcome.IMPROVED, Outcome.UNCHANGED)
-
-
-@dataclass(frozen=True)
-class Subject:
-    """What is compared: one metric of one series (see ``SeriesKey``), described for people."""
-
-    series_key: str
-    test_id: str
-    model_id: str
-    backend: str
-    variant: str
-    dtype: str
-    world_size: int
-    batch_size: int | None
-    metric: str
-
-    @property
-    def label(self) -> str:
-        batch = f" b{self.batch_size}" if self.batch_size is not None else ""
-        return f"{self.test_id}{batch} {self.metric}"
 
 
 @dataclass(frozen=True)

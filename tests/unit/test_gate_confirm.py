@@ -4,7 +4,8 @@ import sys
 
 from pytest_llmperf.gate.confirm import confirmation_command, reconcile
 from pytest_llmperf.gate.evidence import compare_fixed
-from pytest_llmperf.gate.verdict import Comparison, Outcome, Subject, Verdict
+from pytest_llmperf.gate.verdict import Comparison, Outcome, Verdict
+from pytest_llmperf.series import Subject
 
 
 def test_the_rerun_keeps_the_options_drops_the_gate_and_the_report_files_and_runs_only_the_regressed_tests():

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pytest_llmperf.gate.evidence import compare_fixed, compare_samples, compare_to_history
-from pytest_llmperf.gate.verdict import Comparison, Outcome, Subject, judge
+from pytest_llmperf.gate.verdict import Comparison, Outcome, judge
+from pytest_llmperf.series import Subject
 
 
 def subject(metric: str = "tokens_per_s", test_id: str = "t") -> Subject:
