@@ -52,9 +52,9 @@ def _candidate_runs(db: Any, branch: str, before: str, exclude: tuple[str, ...])
         [branch, *exclude, before])]
 
 
-def _new_level_since(db: Any, samples: SeriesSamples, candidates: list[tuple[str, str]]) -> str | None:
-    """The start time of the newest candidate run with an acceptance covering this series, if any."""
-    rows = acceptances(db, [run_id for run_id, _ in candidates])
+def _new_level_since(rows: list[tuple[str, str, str | None, str]], samples: SeriesSamples,
+                     candidates: list[tuple[str, str]]) -> str | None:
+    """The start time of the newest candidate run with an acceptance (``rows``) covering this series, if any."""
     for run_id, started_at in candidates:  # newest first
         if accepted_reason(rows, run_id, samples.subject):
             return started_at
@@ -84,6 +84,7 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
     history = load_samples(db, [r for r, _ in candidates], baseline.metrics)
     effects = min_effects(db, run_id)
     accepted_now = acceptances(db, [run_id])
+    accepted_before = acceptances(db, [r for r, _ in candidates])
     started = dict(candidates)
     out = []
     for key, samples in sorted(current.items(), key=lambda kv: kv[1].subject.label):
@@ -92,7 +93,7 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
         accepted = accepted_reason(accepted_now, run_id, subject)
         earlier = history.get(key)
         runs = [r for r in (earlier.per_run if earlier else {})]  # newest first
-        since = _new_level_since(db, earlier, candidates) if earlier else None
+        since = _new_level_since(accepted_before, earlier, candidates) if earlier else None
         if since is not None:
             runs = [r for r in runs if started[r] >= since]
         runs = runs[: baseline.runs]
