@@ -11,6 +11,8 @@ import json
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,11 @@ class Run:
     #: "NVIDIA H100 80GB HBM3 x1", "cpu x1"
     device: str
     environment: dict[str, Any]
+
+    @cached_property
+    def epoch_s(self) -> int:
+        """When the run started, in seconds since the epoch: a chart's x (parsed once per run, not per point)."""
+        return int(datetime.fromisoformat(self.started_at).timestamp())
 
     def reproduce(self) -> str:
         checkout = f"git checkout {self.commit[:12]} && " if self.commit else ""

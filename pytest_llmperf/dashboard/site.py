@@ -19,7 +19,6 @@ import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -44,10 +43,6 @@ def script_json(data: Any) -> str:
     """JSON to embed in a <script>: no "</script>" or "<!--" can end or confuse the element."""
     return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e") \
         .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def _epoch(started_at: str) -> float:
-    return datetime.fromisoformat(started_at).timestamp()
 
 
 @dataclass(frozen=True)
@@ -197,8 +192,8 @@ class _RunTable:
 
 def _series_data(s: Series, history: History, points: list[ChangePoint], runs: _RunTable) -> dict[str, Any]:
     subject = s.subject
-    started = [history.runs[r].started_at for r in s.run_ids]
-    oom = [_epoch(history.runs[r].started_at) for t, b, r in history.oom
+    x = [history.runs[r].epoch_s for r in s.run_ids]
+    oom = [history.runs[r].epoch_s for t, b, r in history.oom
            if (t, b) == (subject.test_id, subject.batch_size) and history.runs[r].branch == s.branch]
     commits = [(history.runs[r].commit or "")[:12] for r in s.run_ids]
     return {
@@ -206,9 +201,9 @@ def _series_data(s: Series, history: History, points: list[ChangePoint], runs: _
         "better": metric(subject.metric).better.value, "branch": s.branch, "label": s.label, "budget": s.budget,
         "backend": subject.backend, "variant": subject.variant, "test": subject.test_id, "model": subject.model_id,
         "dtype": subject.dtype, "world_size": subject.world_size, "batch": subject.batch_size,
-        "device": s.device, "x": [int(_epoch(t)) for t in started], "y": [_round(v) for v in s.values],
+        "device": s.device, "x": x, "y": [_round(v) for v in s.values],
         "q1": [_round(v) for v in s.q1], "q3": [_round(v) for v in s.q3], "run": [runs.index(r) for r in s.run_ids],
-        "changepoints": [{"index": c.index, "x": _epoch(started[c.index]), "change": round(c.relative_change, 4),
+        "changepoints": [{"index": c.index, "x": x[c.index], "change": round(c.relative_change, 4),
                           "from": commits[c.index - 1], "to": commits[c.index]} for c in points],
         "oom": sorted(oom),
     }
@@ -264,7 +259,7 @@ def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
         data = {"series": series, "runs": runs.rows, "envs": runs.envs,
                 "siblings": [{"label": s.subject.backend + ("" if s.subject.variant == "default"
                                                             else f" {s.subject.variant}"),
-                              "branch": s.branch, "x": [int(_epoch(history.runs[r].started_at)) for r in s.run_ids],
+                              "branch": s.branch, "x": [history.runs[r].epoch_s for r in s.run_ids],
                               "y": [_round(v) for v in s.values]} for s in siblings]}
         (out / "data" / f"{page}.js").write_text(f"window.LLMPERF_PAGE={script_json(data)};\n")
         (out / "series" / f"{page}.html").write_text(render_series_page(page, members, siblings))
