@@ -20,6 +20,7 @@ from typing import Self
 from filelock import BaseFileLock, FileLock, Timeout
 
 from pytest_llmperf import devices as _devices
+from pytest_llmperf.atomic import write_text_atomically
 from pytest_llmperf.measure import nvml
 
 #: the first wait between two attempts, and the longest one: short waits keep a freed device from sitting idle,
@@ -226,7 +227,7 @@ class DevicePool:
             lease = Lease(tuple(d for d, _ in taken), [lock for _, lock in taken], owner_files)
             try:
                 for owner_file in owner_files:
-                    _write_atomically(owner_file, record)
+                    write_text_atomically(owner_file, record + "\n")  # the old owner or the new one
             except BaseException:
                 lease.release()
                 raise
@@ -258,13 +259,6 @@ class DevicePool:
             " Raise --llmperf-lease-timeout, or run fewer parallel workers (-n) so that fewer tests compete"
             " for the devices."
         )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` in one step, so a reader sees the old owner or the new one, never half of one."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
 
 
 def pool_for_device(requested: str, *, cpu_slots: int, lock_dir: Path) -> DevicePool:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmperf.atomic import write_text_atomically
+
 if TYPE_CHECKING:
     from pytest_llmperf.gate.verdict import Verdict
     from pytest_llmperf.store import HistoryStore
@@ -20,14 +22,8 @@ if TYPE_CHECKING:
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, document: Any) -> None:
-    _write_atomically(path, json.dumps(document, indent=1, sort_keys=True, default=str) + "\n")
+    write_text_atomically(path, json.dumps(document, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def write_run_reports(store: HistoryStore, run_id: str, verdicts: Sequence[Verdict] | None, *,
@@ -48,7 +44,7 @@ def write_run_reports(store: HistoryStore, run_id: str, verdicts: Sequence[Verdi
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if markdown is not None:
-        _write_atomically(out_dir / "verdicts.md", markdown)
+        write_text_atomically(out_dir / "verdicts.md", markdown)
         written.append(out_dir / "verdicts.md")
     write_json(out_dir / "run.json", export_runs(store, [run_id]))
     write_json(out_dir / "benchmark.json", pytest_benchmark_document(store, run_id))
