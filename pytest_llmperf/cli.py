@@ -13,7 +13,9 @@ from typing import Any
 from pytest_llmperf.settings import OPTIONS_BY_NAME, batch_sizes, new_tokens, non_negative_int, positive_int
 
 
-def _arg_type(parse):  # type: ignore[no-untyped-def]
+def arg_type(parse):  # type: ignore[no-untyped-def]
+    """An argparse type from one of the settings' parsers: its ValueError becomes argparse's usage error."""
+
     def convert(text: str):  # type: ignore[no-untyped-def]
         try:
             return parse(text)
@@ -35,18 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--model", help="only models whose id contains this text")
     history.add_argument("--backend", help="only this backend")
     history.add_argument("--metric", help="only this metric (e.g. tokens_per_s)")
-    history.add_argument("--last", type=_arg_type(positive_int), default=20, metavar="N",
+    history.add_argument("--last", type=arg_type(positive_int), default=20, metavar="N",
                          help="at most N results, newest first (default: %(default)s)")
 
     plan = commands.add_parser("plan", help="predicted weights and KV-cache bytes of a model, from its config")
     plan.add_argument("model", help="synthetic:<shape>, synthetic:<config.json>, hub:<org/name> or a directory")
     plan.add_argument("--dtype", default="bfloat16", help="float32, float16 or bfloat16 (default: %(default)s)")
-    plan.add_argument("--batch-sizes", type=_arg_type(batch_sizes), default=(1, 8, 32), metavar="LIST",
+    plan.add_argument("--batch-sizes", type=arg_type(batch_sizes), default=(1, 8, 32), metavar="LIST",
                       help="default: 1,8,32")
-    plan.add_argument("--world-sizes", type=_arg_type(batch_sizes), default=(1, 2, 4, 8), metavar="LIST",
+    plan.add_argument("--world-sizes", type=arg_type(batch_sizes), default=(1, 2, 4, 8), metavar="LIST",
                       help="ranks the weights are split over (default: 1,2,4,8)")
-    plan.add_argument("--prompt-tokens", type=_arg_type(positive_int), default=32, metavar="N")
-    plan.add_argument("--new-tokens", type=_arg_type(new_tokens), default=100, metavar="N")
+    plan.add_argument("--prompt-tokens", type=arg_type(positive_int), default=32, metavar="N")
+    plan.add_argument("--new-tokens", type=arg_type(new_tokens), default=100, metavar="N")
 
     from pytest_llmperf.cli_gate import add_gate_commands
 
@@ -85,7 +87,7 @@ def _add_admin_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
     prune = commands.add_parser("prune", help="delete the runs older than some days, and free their space")
     _db_argument(prune, "history database")
-    prune.add_argument("--keep-days", type=_arg_type(non_negative_int), required=True, metavar="N",
+    prune.add_argument("--keep-days", type=arg_type(non_negative_int), required=True, metavar="N",
                        help="keep the runs started in the last N days")
 
 

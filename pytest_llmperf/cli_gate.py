@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.settings import OPTIONS_BY_NAME
+from pytest_llmperf.cli import arg_type
+from pytest_llmperf.settings import OPTIONS_BY_NAME, positive_int
 
 _DB_HELP = "history database (default: %(default)s)"
 
@@ -26,20 +27,10 @@ def _cpus(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _add_ab_arguments(parser: argparse.ArgumentParser, *, rounds: int) -> None:
     parser.add_argument("--db", default=OPTIONS_BY_NAME["db"].default, help=_DB_HELP)
     parser.add_argument("--repo", default=".", help="the git repository of the project under test (default: .)")
-    parser.add_argument("--rounds", type=_positive, default=rounds, metavar="N",
+    parser.add_argument("--rounds", type=arg_type(positive_int), default=rounds, metavar="N",
                         help="base/head process pairs before the first verdict (default: %(default)s)")
     parser.add_argument("--base-python", metavar="PATH", help="the base's own Python (default: this one)")
     parser.add_argument("--head-python", metavar="PATH", help="the head's own Python (default: this one)")
@@ -60,7 +51,7 @@ def add_gate_commands(commands: Any) -> None:
     ab = commands.add_parser("ab", help="same-job A/B: base and head revisions in alternating processes")
     ab.add_argument("--base", required=True, metavar="REV", help="the baseline revision (e.g. the merge base)")
     ab.add_argument("--head", default="HEAD", metavar="REV", help="the revision under test (default: HEAD)")
-    ab.add_argument("--max-rounds", type=_positive, default=6, metavar="N",
+    ab.add_argument("--max-rounds", type=arg_type(positive_int), default=6, metavar="N",
                     help="while a comparison is inconclusive, more rounds up to N (default: %(default)s)")
     _add_ab_arguments(ab, rounds=2)
 
