@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.cli import arg_type
-from pytest_llmperf.settings import OPTIONS_BY_NAME, positive_int
+from pytest_llmperf.settings import OPTIONS_BY_NAME, duration, percentage, positive_int
 
 _DB_HELP = "history database (default: %(default)s)"
 
@@ -43,6 +43,8 @@ def _add_ab_arguments(parser: argparse.ArgumentParser, *, rounds: int) -> None:
     parser.add_argument("--keep-worktrees", action="store_true", help="leave the worktrees for inspection")
     parser.add_argument("--report-dir", metavar="DIR",
                         help="write verdicts.md, run.json and benchmark.json here")
+    parser.add_argument("--detect", type=arg_type(percentage), default=0.10, metavar="CHANGE",
+                        help="the change to plan for: detected with 80 %% power (default: 10%%)")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER,
                         help="after --: the pytest arguments that select the performance tests")
 
@@ -51,8 +53,10 @@ def add_gate_commands(commands: Any) -> None:
     ab = commands.add_parser("ab", help="same-job A/B: base and head revisions in alternating processes")
     ab.add_argument("--base", required=True, metavar="REV", help="the baseline revision (e.g. the merge base)")
     ab.add_argument("--head", default="HEAD", metavar="REV", help="the revision under test (default: HEAD)")
-    ab.add_argument("--max-rounds", type=arg_type(positive_int), default=6, metavar="N",
-                    help="while a comparison is inconclusive, more rounds up to N (default: %(default)s)")
+    ab.add_argument("--max-rounds", type=arg_type(positive_int), default=20, metavar="N",
+                    help="at most N rounds, however many the plan asks for (default: %(default)s)")
+    ab.add_argument("--time-budget", type=arg_type(duration), metavar="TIME",
+                    help="start no round that would end after this, e.g. 15m or 900s (default: no budget)")
     _add_ab_arguments(ab, rounds=2)
 
     calibrate = commands.add_parser("calibrate", help="A/A: one revision against itself, the noise the gate sees")
@@ -82,6 +86,7 @@ def _config(args: argparse.Namespace, base: str, head: str) -> Any:
         base_python=args.base_python, head_python=args.head_python,
         pythonpath=tuple(p for p in args.pythonpath.split(",") if p), cpus=args.cpus,
         keep_worktrees=args.keep_worktrees, report_dir=Path(args.report_dir) if args.report_dir else None,
+        time_budget_s=getattr(args, "time_budget", None), detect=args.detect,
     )
 
 
@@ -124,7 +129,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    from pytest_llmperf.gate.calibrate import false_alarms, noise_by_series
+    from pytest_llmperf.gate.calibrate import false_alarms, noise_by_series, trial_advice
     from pytest_llmperf.report.terminal import render_table
     from pytest_llmperf.store import HistoryStore
 
@@ -133,17 +138,28 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 2
     config, result = ran
     with HistoryStore.open(config.db) as store:
-        rows = noise_by_series(store.db, result.group, result.verdicts)
+        rows = noise_by_series(store.db, result.group, result.verdicts, rounds=result.rounds, detect=args.detect)
+        advice = trial_advice(store.db, result.group, rows)
     table = Table(box=box.SIMPLE_HEAD)
-    for column in ("series", "within-process CV", "between-process CV", "detectable change", "A/A verdict"):
+    columns = ("series", "within-process CV", "between-process CV", "process SD (df)",
+               f"detectable, {result.rounds} rounds", f"rounds for {args.detect:.0%}", "A/A verdict")
+    for column in columns:
         table.add_column(column, justify="left" if column == "series" else "right")
     for r in rows:
-        table.add_row(r.label, *("-" if x is None else f"{x:.1%}" for x in (r.within_cv, r.between_cv, r.detectable)),
-                      r.outcome)
+        e = r.estimate
+        noise = "-" if e.noise is None else f"{e.noise.sd:.1%} ({e.noise.df})"
+        table.add_row(r.label, *("-" if x is None else f"{x:.1%}" for x in (r.within_cv, r.between_cv)), noise,
+                      "-" if e.detectable is None else f"{e.detectable:.1%}",
+                      "-" if e.rounds_needed is None else str(e.rounds_needed), r.outcome)
     print(render_table(table), end="")
     alarms = false_alarms(result.verdicts)
     print(f"llmperf calibrate: {len(rows)} series, {result.rounds} round(s) of {args.rev} ({result.head.commit[:12]}); "
-          f"{len(alarms)} false alarm(s) in this A/A run")
+          f"{len(alarms)} false alarm(s) in this A/A run; detectable changes at 80 % power and a 1 % A/A failure "
+          "rate per run")
+    if advice is not None:
+        print(f"trials per process: {advice.trials} buy the most precision per second (a process's SD "
+              f"{advice.process_sd:.1%}, against {advice.process_sd_now:.1%} with the trials used now); "
+              "set them with --llmperf-trials")
     return 0
 
 

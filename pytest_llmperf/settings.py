@@ -110,6 +110,34 @@ def seconds(text: str) -> float:
     return value
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m`` or ``1.5h``."""
+    raw = str(text).strip().lower()
+    unit = _DURATION_UNITS.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if unit else raw) * (unit or 1.0)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"expected a positive duration such as 900, 900s, 15m or 1.5h, got {text!r}")
+    return value
+
+
+def percentage(text: str) -> float:
+    """A fraction from ``5%`` or ``0.05``."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 10:
+        raise ValueError(f"expected a change such as 5% or 0.05, got {text!r}")
+    return value
+
+
 def _default_pool_dir() -> str:
     import tempfile
 

@@ -16,11 +16,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.measure.metrics import GATED_METRICS
+from pytest_llmperf.measure.metrics import COMPARED_METRICS
 from pytest_llmperf.series import SeriesKey, Subject
 
 #: the metrics a dashboard shows, in this order: the gated ones
-DASHBOARD_METRICS = GATED_METRICS
+DASHBOARD_METRICS = COMPARED_METRICS
 
 
 @dataclass(frozen=True)

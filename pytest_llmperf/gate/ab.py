@@ -2,26 +2,34 @@
 
 Each revision is checked out into its own git worktree and runs in its own pytest process, with the
 worktree first on ``PYTHONPATH`` (or with a Python of its own: ``--base-python``/``--head-python``).
-Processes alternate on the same devices, in rounds of one each: base head, head base, base head ...; every process writes its run into
-the same history, tagged with the A/B group and side. After the minimum rounds, while a comparison is
-inconclusive and the cap is not reached, one more round runs. Noise the tool can remove it removes:
+Processes alternate on the same devices, in rounds of one each: base head, head base, base head ...; every
+process writes its run into the same history, tagged with the A/B group and side.
+
+The rounds are sequential: after the minimum rounds the run plans how many it needs to detect ``detect``
+(10 %) with 80 % power from the noise the history and the first rounds show, within ``max_rounds`` and the
+time budget; then it looks after every round, spending its error rate by a group-sequential design, and
+stops as soon as every gated comparison is decided (``regressed``, ``improved`` or ``unchanged``), at the
+planned rounds, or when another round would not fit in the budget. A decision made at a look stands.
+Noise the tool can remove it removes:
 each process is pinned to the same CPU cores with fixed thread counts, and the measurement pauses the
 garbage collector inside trials.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_llmperf.gate.verdict import Outcome, Verdict
+from pytest_llmperf.gate.verdict import DEFAULT_ALPHA, Comparison, Look, Outcome, Verdict
 
 #: pytest exit codes after which a process's measurements count: all passed, or some tests failed
 _MEASURED = (0, 1)
@@ -48,7 +56,13 @@ class AbConfig:
     db: Path
     pytest_args: tuple[str, ...]
     min_rounds: int = 2
-    max_rounds: int = 6
+    max_rounds: int = 20
+    #: stop adding rounds when the next one would end after this many seconds (None: no budget)
+    time_budget_s: float | None = None
+    #: the worse change the plan should detect with 80 % power (a fraction)
+    detect: float = 0.10
+    #: the share of A/A runs that may fail
+    alpha: float = DEFAULT_ALPHA
     #: where worktrees go (default: <repo>/.llmperf/ab)
     work_dir: Path | None = None
     base_python: str | None = None
@@ -169,21 +183,43 @@ def _sides(config: AbConfig) -> tuple[Side, Side]:
     return sides[0], sides[1]
 
 
-def judge_group(config: AbConfig, base: Side) -> list[Verdict]:
+def group_comparisons(config: AbConfig, base: Side) -> list[Comparison]:
     from pytest_llmperf.gate.ab_compare import ab_comparisons
-    from pytest_llmperf.gate.verdict import judge
     from pytest_llmperf.store import HistoryStore
 
     with HistoryStore.open(config.db) as store:
-        return judge(ab_comparisons(store.db, config.group, base_label=f"base {base.commit[:12]}"))
+        return ab_comparisons(store.db, config.group, base_label=f"base {base.commit[:12]}")
+
+
+def planned_rounds(comparisons: list[Comparison], config: AbConfig) -> int:
+    """The rounds that detect ``config.detect`` with 80 % power in every gated series, from the noise known
+    now (the history's and the first rounds'), between the minimum and the maximum rounds."""
+    from pytest_llmperf.gate.plan import processes_needed
+
+    stats = [c for c in comparisons if c.gated and c.evidence is not None and c.evidence.se_log is not None]
+    tests = max(len(stats), 1)
+    needed = config.max_rounds
+    sds = [c.evidence.se_log / math.sqrt(1 / c.evidence.n_base + 1 / c.evidence.n_head)  # type: ignore[union-attr]
+           for c in stats]
+    if sds and all(math.isfinite(sd) for sd in sds):
+        needed = max(processes_needed(sd, config.detect, config.alpha / tests) for sd in sds)
+    return min(max(needed, config.min_rounds), config.max_rounds)
+
+
+def _decided(verdict: Verdict) -> bool:
+    return verdict.outcome is not Outcome.INCONCLUSIVE or verdict.evidence is None
 
 
 def run_ab(config: AbConfig, log: Callable[[str], None] = print) -> AbResult:
+    from pytest_llmperf.gate.verdict import judge
+
     cpus = tuple(sorted(os.sched_getaffinity(0))) if config.cpus is None else config.cpus
     base, head = _sides(config)
+    started = time.monotonic()
     try:
-        rounds, verdicts = 0, []
-        while rounds < config.max_rounds:
+        rounds, planned, verdicts = 0, config.max_rounds, []
+        decided: dict[str, Verdict] = {}
+        while rounds < planned:
             # A B, then B A: a drift over the job, or an effect of coming first, falls on both sides alike
             for side in ((base, head) if rounds % 2 == 0 else (head, base)):
                 code = run_process(side, config, cpus, log)
@@ -194,13 +230,25 @@ def run_ab(config: AbConfig, log: Callable[[str], None] = print) -> AbResult:
             rounds += 1
             if rounds < config.min_rounds:
                 continue
-            verdicts = judge_group(config, base)
-            open_questions = [v for v in verdicts if v.outcome is Outcome.INCONCLUSIVE and v.evidence is not None]
-            if not open_questions:
+            comparisons = group_comparisons(config, base)
+            if rounds == config.min_rounds:
+                planned = planned_rounds(comparisons, config)
+                log(f"llmperf ab: {planned} round(s) planned to detect a {config.detect:.0%} change with 80 % power")
+            per_round = (time.monotonic() - started) / rounds
+            out_of_time = config.time_budget_s is not None and \
+                time.monotonic() - started + per_round > config.time_budget_s
+            final = rounds >= planned or out_of_time
+            look = Look(rounds=rounds, first=config.min_rounds, planned=max(planned, rounds), final=final)
+            verdicts = [decided.get(v.subject.series_key, v)
+                        for v in judge(comparisons, alpha=config.alpha, look=look)]
+            decided.update({v.subject.series_key: v for v in verdicts if _decided(v)})
+            open_questions = [v for v in verdicts if v.comparison.gated and not _decided(v)]
+            if not open_questions or final:
+                if out_of_time and open_questions and rounds < planned:
+                    log(f"llmperf ab: stopping after {rounds} of {planned} round(s): the next would not fit in "
+                        f"the time budget of {config.time_budget_s:g} s")
                 break
-            if rounds < config.max_rounds:
-                log(f"llmperf ab: {len(open_questions)} comparison(s) inconclusive after {rounds} round(s): "
-                    "one more round")
+            log(f"llmperf ab: {len(open_questions)} gated comparison(s) open after {rounds} round(s): one more round")
         return AbResult(config.group, base, head, rounds, tuple(verdicts))
     finally:
         if not config.keep_worktrees:

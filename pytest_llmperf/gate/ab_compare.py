@@ -1,8 +1,8 @@
 """Same-job A/B: every series measured by the base processes of an A/B group against the head processes.
 
-Per-trial metrics keep each process's trials together (the bootstrap resamples processes); metrics with
-one value per process are compared across the processes; deterministic ones against the tolerance (or
-across the processes, where they turn out to vary). A batch
+Each process counts once (the median of its trials, or its one value), judged against the between-process
+noise pooled from earlier runs of one code (``same_code_groups``) and from this group's own sides;
+deterministic metrics against the tolerance (or across the processes, where they turn out to vary). A batch
 size that ran out of memory on the head but not on the base is a regression without statistics.
 """
 
@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_llmperf.gate.evidence import compare_fixed, compare_samples, is_constant
-from pytest_llmperf.gate.samples import acceptances, accepted_reason, load_samples, min_effect_for, min_effects
+from pytest_llmperf.gate.evidence import compare_fixed, compare_processes, is_constant
+from pytest_llmperf.gate.noise import pooled
+from pytest_llmperf.gate.samples import (
+    acceptances,
+    accepted_reason,
+    load_samples,
+    min_effect_for,
+    min_effects,
+    same_code_groups,
+)
 from pytest_llmperf.gate.verdict import Comparison, Outcome
-from pytest_llmperf.measure.metrics import GATED_METRICS, Sampling, metric
+from pytest_llmperf.measure.metrics import COMPARED_METRICS, GATED_METRICS, Sampling, metric
 
 
 def ab_runs(db: Any, group: str) -> tuple[list[str], list[str]]:
@@ -35,7 +43,7 @@ def _oom_batches(db: Any, run_ids: list[str]) -> set[tuple[str, int]]:
         f"WHERE m.run_id IN ({marks}) AND m.outcome = 'oom'", run_ids)}
 
 
-def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = GATED_METRICS, *,
+def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = COMPARED_METRICS, *,
                    base_label: str = "base") -> list[Comparison]:
     base_runs, head_runs = ab_runs(db, group)
     base = load_samples(db, base_runs, metrics)
@@ -43,6 +51,7 @@ def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = GATED_METRICS
     effects = min_effects(db, head_runs[-1]) if head_runs else {}
     accepted_rows = acceptances(db, head_runs)
     head_oom = _oom_batches(db, head_runs)
+    earlier = same_code_groups(db, metrics, exclude_group=group)
     where = f"{base_label} ({len(base_runs)} vs {len(head_runs)} processes)"
     out = []
     for key in sorted(set(base) | set(head), key=lambda k: (base.get(k) or head[k]).subject.label):
@@ -50,7 +59,8 @@ def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = GATED_METRICS
         s = samples.subject
         effect = min_effect_for(effects, s.test_id, s.metric)
         accepted = next((r for run in head_runs if (r := accepted_reason(accepted_rows, run, s))), None)
-        common = {"baseline": where, "baseline_run_ids": tuple(base_runs), "min_effect": effect, "accepted": accepted}
+        common = {"baseline": where, "baseline_run_ids": tuple(base_runs), "min_effect": effect, "accepted": accepted,
+                  "gated": s.metric in GATED_METRICS}
         if key not in head:
             if (s.test_id, s.batch_size) in head_oom:
                 out.append(Comparison(s, None, note=f"out of memory at batch {s.batch_size} on the head only",
@@ -64,13 +74,12 @@ def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = GATED_METRICS
             continue
         b = [base[key].per_run[r] for r in base_runs if r in base[key].per_run]
         h = [head[key].per_run[r] for r in head_runs if r in head[key].per_run]
-        sampling = metric(s.metric).sampling
         flat_b, flat_h = [v for run in b for v in run], [v for run in h for v in run]
-        if sampling is Sampling.FIXED and is_constant(flat_b) and is_constant(flat_h):
+        if metric(s.metric).sampling is Sampling.FIXED and is_constant(flat_b) and is_constant(flat_h):
             evidence = compare_fixed(flat_b, flat_h)
-        elif sampling is not Sampling.TRIALS:  # one value per process (or a "fixed" one that varies)
-            evidence = compare_samples([[v] for run in b for v in run], [[v] for run in h for v in run])
         else:
-            evidence = compare_samples(b, h)
+            groups = earlier.get(key, [])
+            prior = pooled(groups, f"{len(groups)} earlier same-code group{'s' if len(groups) != 1 else ''}")
+            evidence = compare_processes(b, h, prior=prior)
         out.append(Comparison(s, evidence, **common))
     return out

@@ -5,6 +5,13 @@ baseline branch (A/B runs excluded) that measured the same series key, which inc
 fingerprint: a run on another GPU model, driver or library version is never a baseline. If only such runs
 exist, the comparison is inconclusive and says so. An accepted regression (``llmperf accept``, or the
 marker's ``accept_regression``) starts a new level: later comparisons only use runs from that one on.
+
+Each run counts once. A regression sits in the newest runs, and one run against a history as noisy as a
+GPU's (13 % between runs) cannot show a 10 % step; the mean of the newest few can. So every series is
+tested in windows: the newest run alone, and the newest 3 and 5 (``RECENT_WINDOWS``), each against the
+``runs`` runs before it, with the noise of up to ``NOISE_RUNS_FACTOR`` times as many. The windows share the
+series' part of the run's level (Bonferroni), so a sustained shift fails a run within a few runs without
+raising the false-alarm rate per run.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
-from pytest_llmperf.gate.evidence import compare_fixed, compare_to_history, is_constant
+from pytest_llmperf.gate.evidence import Evidence, compare_fixed, compare_to_history, is_constant
+from pytest_llmperf.gate.noise import pooled, process_value
 from pytest_llmperf.gate.samples import (
     SeriesSamples,
     acceptances,
@@ -23,9 +31,13 @@ from pytest_llmperf.gate.samples import (
     min_effects,
 )
 from pytest_llmperf.gate.verdict import Comparison
-from pytest_llmperf.measure.metrics import GATED_METRICS, Sampling, metric
+from pytest_llmperf.measure.metrics import COMPARED_METRICS, GATED_METRICS, Better, Sampling, metric
 
 MIN_BASELINE_RUNS = 3
+#: how many of the newest runs (the current one included) each window averages
+RECENT_WINDOWS = (1, 3, 5)
+#: the noise of a window's baseline comes from up to this many times ``runs`` runs before the window
+NOISE_RUNS_FACTOR = 3
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,7 @@ class HistoryBaseline:
     branch: str
     #: at most this many earlier runs per series
     runs: int = 10
-    metrics: tuple[str, ...] = GATED_METRICS
+    metrics: tuple[str, ...] = COMPARED_METRICS
 
 
 def _run_row(db: Any, run_id: str) -> tuple[str, str | None]:
@@ -92,11 +104,11 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
         effect = min_effect_for(effects, subject.test_id, subject.metric)
         accepted = accepted_reason(accepted_now, run_id, subject)
         earlier = history.get(key)
-        runs = [r for r in (earlier.per_run if earlier else {})]  # newest first
+        level_runs = [r for r in (earlier.per_run if earlier else {})]  # newest first
         since = _new_level_since(accepted_before, earlier, candidates) if earlier else None
         if since is not None:
-            runs = [r for r in runs if started[r] >= since]
-        runs = runs[: baseline.runs]
+            level_runs = [r for r in level_runs if started[r] >= since]
+        runs = level_runs[: baseline.runs]
         where = f"{baseline.branch}: {len(runs)} run{'s' if len(runs) != 1 else ''}"
         if since is not None:
             where += f" since the change accepted at {since}"
@@ -104,7 +116,8 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
         earlier_values = [v for r in runs for v in earlier.per_run[r]] if earlier else []  # type: ignore[union-attr]
         if metric(subject.metric).sampling is Sampling.FIXED and runs and is_constant([*earlier_values, *head]):
             evidence = compare_fixed(earlier_values, head)  # equal so far: any change beyond the tolerance counts
-            out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted))
+            out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted,
+                                  gated=subject.metric in GATED_METRICS))
             continue
         if len(runs) < MIN_BASELINE_RUNS:
             others = _other_environments(db, samples, [r for r, _ in candidates]) if not runs else []
@@ -112,10 +125,28 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
                     f"environment (at least {MIN_BASELINE_RUNS} are needed)")
             if others:
                 note += f"; runs with another environment ({', '.join(o[:12] for o in others)}) are not compared"
-            out.append(Comparison(subject, None, where, tuple(runs), effect, note=note, accepted=accepted))
+            out.append(Comparison(subject, None, where, tuple(runs), effect, note=note, accepted=accepted,
+                                  gated=subject.metric in GATED_METRICS))
             continue
-        # one value per earlier run: its median (per-trial metrics) or its value
-        per_run = [median(earlier.per_run[r]) for r in runs]  # type: ignore[union-attr]
-        evidence = compare_to_history(per_run, head)
-        out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted))
+        values = [median(earlier.per_run[r]) for r in level_runs]  # type: ignore[union-attr]
+        evidence, windows = recent_windows(values, median(head), baseline.runs, metric(subject.metric).better)
+        out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted,
+                              gated=subject.metric in GATED_METRICS, windows=windows))
     return out
+
+
+def recent_windows(earlier: list[float], current: float, runs: int, better: Better,
+                   ) -> tuple[Evidence, tuple[Evidence, ...]]:
+    """The windows of the newest runs against the runs before each: (the one that is most against the newest
+    runs, all of them). ``earlier``: one value per earlier run, newest first, at least ``MIN_BASELINE_RUNS``."""
+    windows = []
+    for size in RECENT_WINDOWS:
+        recent = [current, *earlier[: size - 1]]
+        before = earlier[size - 1:]
+        if len(recent) < size or len(before) < MIN_BASELINE_RUNS:
+            break
+        noise = pooled([[process_value([v]) for v in before[: NOISE_RUNS_FACTOR * runs]]],
+                       f"{min(len(before), NOISE_RUNS_FACTOR * runs)} runs")
+        windows.append(compare_to_history(before[:runs], recent, noise=noise))
+    worse = 1.0 if better is Better.LOWER else -1.0
+    return max(windows, key=lambda e: worse * (e.statistic or 0.0)), tuple(windows)

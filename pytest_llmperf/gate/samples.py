@@ -63,6 +63,28 @@ def load_samples(db: Any, run_ids: Sequence[str], metrics: Iterable[str]) -> dic
     return out
 
 
+def same_code_groups(db: Any, metrics: Iterable[str], *, exclude_group: str | None = None,
+                     newest: int = 200) -> dict[str, list[list[float]]]:
+    """series key -> log process values of earlier runs of one code, in groups: each side of an A/B run (an A/A
+    calibration's two sides alike), and the clean non-A/B runs of one commit. The spread within a group is
+    process noise alone; only the ``newest`` runs are read."""
+    from pytest_llmperf.gate.noise import process_value
+
+    rows = db.execute(
+        "SELECT id, ab_group, ab_side, git_commit FROM runs WHERE status = 'complete' AND "
+        "((ab_group IS NOT NULL AND ab_group IS NOT ?) OR (ab_group IS NULL AND git_commit IS NOT NULL "
+        "AND git_dirty = 0)) ORDER BY started_at DESC, rowid DESC LIMIT ?", [exclude_group, newest]).fetchall()
+    group_of = {run_id: (group, side) if group else ("commit", commit) for run_id, group, side, commit in rows}
+    out: dict[str, list[list[float]]] = {}
+    for key, samples in load_samples(db, list(group_of), metrics).items():
+        groups: dict[tuple[str, str], list[float]] = {}
+        for run_id, values in samples.per_run.items():
+            if values and min(values) > 0:
+                groups.setdefault(group_of[run_id], []).append(process_value(values))
+        out[key] = [g for g in groups.values() if len(g) > 1]
+    return out
+
+
 def min_effects(db: Any, run_id: str) -> dict[str, dict[str, float]]:
     """test id -> the min_effect mapping (``"*"`` and per metric) its test recorded in this run."""
     out = {}

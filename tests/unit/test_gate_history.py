@@ -145,7 +145,7 @@ def test_ab_groups_compare_every_process_of_each_side(history):
     verdicts = {v.subject.metric: v for v in judge(ab_comparisons(history.store.db, "g1"))}
     tps = verdicts["tokens_per_s"]
     assert tps.outcome is Outcome.REGRESSED
-    assert (tps.evidence.n_base, tps.evidence.n_head) == (15, 15)  # 3 processes x 5 trials a side
+    assert (tps.evidence.n_base, tps.evidence.n_head) == (3, 3)  # each process counts once, not its 5 trials
     assert tps.comparison.baseline == "base (3 vs 3 processes)"
     assert verdicts["load_s"].evidence.n_base == 3  # one value per process
     assert verdicts["peak_mem_bytes"].evidence.method == "tolerance"
@@ -165,10 +165,40 @@ def test_memory_that_varies_from_run_to_run_is_compared_as_noisy_not_against_the
     for peak in (400, 420, 405, 430, 410):  # a host's peak RSS, MiB: 7 % apart with the same code
         history.run(e2e_s=1.0, peak=peak * 2**20)
     v = history.gate(history.run(e2e_s=1.0, peak=431 * 2**20))["peak_mem_bytes"]
-    assert v.evidence.method == "prediction interval"
+    assert v.evidence.method.startswith("history:")
     assert v.outcome is not Outcome.REGRESSED
     for _ in range(3):
         history.run(e2e_s=1.0, peak=2**30, ab=("g3", "base"))
         history.run(e2e_s=1.0, peak=2**30 + 2**20, ab=("g3", "head"))  # a device counter: exact, +0.1 %
     ab = {v.subject.metric: v for v in judge(ab_comparisons(history.store.db, "g3"))}
     assert ab["peak_mem_bytes"].evidence.method == "tolerance" and ab["peak_mem_bytes"].outcome is Outcome.UNCHANGED
+
+
+def test_a_sustained_step_in_the_newest_runs_fails_although_no_single_run_stood_out(history):
+    """A 13 % step under 5 % noise between runs: the newest run alone is within the history's spread, the mean
+    of the newest five is not."""
+    wobble = [0.05 * (-1) ** i for i in range(25)]
+    for w in wobble[:20]:
+        history.run(e2e_s=float(np.exp(w)), noise=0.0)
+    verdicts = [history.gate(history.run(e2e_s=float(np.exp(0.13 - w)), noise=0.0))["tokens_per_s"]
+                for w in wobble[20:]]
+    assert not verdicts[0].fails  # one slow run is not enough against this noise
+    assert verdicts[-1].fails
+    assert verdicts[-1].evidence.method == "history: the newest 5 runs"
+    assert len(verdicts[-1].comparison.windows) == 3
+
+
+def test_an_ab_run_judges_few_processes_against_the_noise_earlier_groups_measured(history):
+    rng = np.random.default_rng(4)
+    for group in ("aa1", "aa2", "aa3", "aa4"):  # earlier A/A calibrations: 3 processes a side, 4 % apart
+        for side in ("base", "head"):
+            for _ in range(3):
+                history.run(e2e_s=float(np.exp(rng.normal(0, 0.04))), ab=(group, side), noise=0.002)
+    history.run(e2e_s=1.0, ab=("g4", "base"), noise=0.002)
+    history.run(e2e_s=1.3, ab=("g4", "head"), noise=0.002)
+    history.run(e2e_s=1.02, ab=("g4", "base"), noise=0.002)
+    history.run(e2e_s=1.28, ab=("g4", "head"), noise=0.002)
+    tps = {v.subject.metric: v for v in judge(ab_comparisons(history.store.db, "g4"))}["tokens_per_s"]
+    assert tps.evidence.df == 16 + 2  # 8 earlier sides of 3 processes, and this run's own 2 + 2
+    assert "8 earlier same-code groups" in tps.evidence.noise
+    assert tps.outcome is Outcome.REGRESSED
