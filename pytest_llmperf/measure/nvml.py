@@ -124,3 +124,119 @@ def energy_counter_mj(cuda_index: int) -> int | None:
         return int(nvml.nvmlDeviceGetTotalEnergyConsumption(handles[cuda_index][0]))
     except Exception:
         return None
+
+
+#: NVML's clock-event ("throttle") reason bits and the names the history records them by
+CLOCK_EVENT_REASONS: tuple[tuple[int, str], ...] = (
+    (0x001, "gpu_idle"),
+    (0x002, "applications_clocks_setting"),
+    (0x004, "sw_power_cap"),
+    (0x008, "hw_slowdown"),
+    (0x010, "sync_boost"),
+    (0x020, "sw_thermal_slowdown"),
+    (0x040, "hw_thermal_slowdown"),
+    (0x080, "hw_power_brake_slowdown"),
+    (0x100, "display_clock_setting"),
+    (0x200, "board_limit"),
+    (0x400, "reliability"),
+)
+_APPLICATIONS_CLOCKS_SETTING = 0x002
+
+
+def clock_event_reason_names(mask: int) -> tuple[str, ...]:
+    """The names of the bits set in a clock-event reasons mask; a bit NVML added later is named by its value."""
+    names = [name for bit, name in CLOCK_EVENT_REASONS if mask & bit]
+    known = sum(bit for bit, _ in CLOCK_EVENT_REASONS)
+    names += [f"0x{1 << i:x}" for i in range(64) if mask & ~known & (1 << i)]
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """One GPU's clocks, power and temperature as NVML reports them now; None where a query failed
+    (not supported on this GPU, no permission, an older driver)."""
+
+    #: the CUDA index in this process (after CUDA_VISIBLE_DEVICES)
+    index: int
+    uuid: str
+    name: str | None
+    sm_clock_mhz: int | None
+    memory_clock_mhz: int | None
+    max_sm_clock_mhz: int | None
+    max_memory_clock_mhz: int | None
+    #: see :func:`clocks_locked`
+    clocks_locked: bool | None
+    persistence_mode: bool | None
+    #: the reasons NVML gives for the clocks being where they are (``gpu_idle``, ``sw_power_cap``, ...)
+    clock_event_reasons: tuple[str, ...] | None
+    temperature_c: int | None
+    power_limit_w: float | None
+
+
+def _query(call: Any, *args: Any) -> Any | None:
+    """One NVML query; None where it raises (NVMLError: not supported, no permission; or a binding
+    too old to have the function)."""
+    try:
+        return call(*args)
+    except Exception:
+        return None
+
+
+def _clock_event_reasons(nvml: Any, handle: Any) -> int | None:
+    getter = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+        getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None)  # the name before driver 535
+    return None if getter is None else _query(getter, handle)
+
+
+def clocks_locked(reasons: int | None, application: dict[str, tuple[int | None, int | None]]) -> bool | None:
+    """Whether a GPU's clocks are held at a set value, inferred: NVML can set locked clocks
+    (``nvidia-smi --lock-gpu-clocks``/``--lock-memory-clocks``) but has no query that reads them back.
+
+    The rule: locked when the clock-event reasons include ``applications_clocks_setting`` (the
+    driver holds the clocks at a value someone set: what locked clocks below the boost clock
+    report), or when an application clock (``nvidia-smi -ac``) differs from its default
+    (``application`` maps "sm" and "memory" to (target, default)). Otherwise not locked, when the
+    reasons could be read; None when they could not and the application clocks show nothing. A lock
+    at exactly the maximum clock leaves neither trace, so it reads as not locked.
+    """
+    if reasons is not None and reasons & _APPLICATIONS_CLOCKS_SETTING:
+        return True
+    if any(target is not None and default is not None and target != default
+           for target, default in application.values()):
+        return True
+    return None if reasons is None else False
+
+
+def _gpu_state(nvml: Any, index: int, handle: Any, uuid: str) -> GpuState:
+    sm, mem = nvml.NVML_CLOCK_SM, nvml.NVML_CLOCK_MEM
+    reasons = _clock_event_reasons(nvml, handle)
+    application = {
+        kind: (_query(nvml.nvmlDeviceGetClock, handle, clock, nvml.NVML_CLOCK_ID_APP_CLOCK_TARGET),
+               _query(nvml.nvmlDeviceGetClock, handle, clock, nvml.NVML_CLOCK_ID_APP_CLOCK_DEFAULT))
+        for kind, clock in (("sm", sm), ("memory", mem))
+    }
+    name = _query(nvml.nvmlDeviceGetName, handle)
+    persistence = _query(nvml.nvmlDeviceGetPersistenceMode, handle)
+    power_mw = _query(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+    return GpuState(
+        index=index,
+        uuid=uuid,
+        name=None if name is None else _as_str(name),
+        sm_clock_mhz=_query(nvml.nvmlDeviceGetClockInfo, handle, sm),
+        memory_clock_mhz=_query(nvml.nvmlDeviceGetClockInfo, handle, mem),
+        max_sm_clock_mhz=_query(nvml.nvmlDeviceGetMaxClockInfo, handle, sm),
+        max_memory_clock_mhz=_query(nvml.nvmlDeviceGetMaxClockInfo, handle, mem),
+        clocks_locked=clocks_locked(reasons, application),
+        persistence_mode=None if persistence is None else persistence == nvml.NVML_FEATURE_ENABLED,
+        clock_event_reasons=None if reasons is None else clock_event_reason_names(int(reasons)),
+        temperature_c=_query(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU),
+        power_limit_w=None if power_mw is None else power_mw / 1000.0,
+    )
+
+
+def gpu_states() -> list[GpuState]:
+    """The state of every GPU this process sees (CUDA index order); empty where NVML is missing."""
+    nvml = _nvml()
+    if nvml is None:
+        return []
+    return [_gpu_state(nvml, index, handle, uuid) for index, (handle, uuid) in enumerate(_visible_handles(nvml))]
