@@ -1,8 +1,8 @@
 """Where a run happened: the comparable environment fingerprint, and the run's context.
 
 ``Environment`` holds what decides whether two results may be compared (device model and count,
-driver/CUDA, library versions). ``RunContext`` holds what describes a run but must not split a
-series (host name, git commit and branch, command line).
+driver/CUDA, library versions, whether the GPU clocks are locked). ``RunContext`` holds what
+describes a run but must not split a series (host name, git commit and branch, command line).
 """
 
 from __future__ import annotations
@@ -18,8 +18,13 @@ from importlib import metadata
 from pathlib import Path
 
 from pytest_llmperf.measure import nvml
+from pytest_llmperf.measure.conditions import Conditions, all_clocks_locked
 
 LIBRARIES = ("torch", "transformers", "accelerate", "deepspeed")
+
+#: fields added after histories were first recorded: left out of the canonical form while None, so
+#: that an environment that lacks them keeps the fingerprint (and the series) it always had
+_LATER_FIELDS = ("gpu_clocks_locked",)
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,15 @@ class Environment:
     transformers: str | None
     accelerate: str | None
     deepspeed: str | None
+    #: CUDA only: True when every GPU's clocks are locked, False when one's are not; None on CPU or unknown
+    gpu_clocks_locked: bool | None = None
+
+    def canonical(self) -> dict[str, object]:
+        """The fields, less the later ones that are None: what the fingerprint hashes and the history stores."""
+        return {k: v for k, v in asdict(self).items() if not (k in _LATER_FIELDS and v is None)}
 
     def fingerprint(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -86,8 +97,9 @@ def _torch_cuda_version() -> str | None:
     return torch.version.cuda
 
 
-def collect_environment(device_kind: str) -> Environment:
-    """The fingerprint of the devices a run uses: ``device_kind`` is "cpu" or "cuda"."""
+def collect_environment(device_kind: str, conditions: Conditions | None = None) -> Environment:
+    """The fingerprint of the devices a run uses: ``device_kind`` is "cpu" or "cuda". Whether the GPU
+    clocks are locked comes from ``conditions`` when given (the run's own reading), else from NVML now."""
     if device_kind == "cuda":
         gpus = nvml.visible_devices()
         if gpus:
@@ -99,8 +111,9 @@ def collect_environment(device_kind: str) -> Environment:
             count = torch.cuda.device_count()
             model = " + ".join(sorted({torch.cuda.get_device_name(i) for i in range(count)}))
         driver, cuda = nvml.driver_version(), _torch_cuda_version()
+        locked = all_clocks_locked(conditions.gpus if conditions is not None else nvml.gpu_states())
     else:
-        model, count, driver, cuda = cpu_model(), os.cpu_count() or 1, None, None
+        model, count, driver, cuda, locked = cpu_model(), os.cpu_count() or 1, None, None, None
     return Environment(
         device_kind=device_kind,
         device_model=model,
@@ -109,6 +122,7 @@ def collect_environment(device_kind: str) -> Environment:
         cuda=cuda,
         python=platform.python_version(),
         **{lib: package_version(lib) for lib in LIBRARIES},
+        gpu_clocks_locked=locked,
     )
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import sqlite_utils
 
 from pytest_llmperf.environment import Environment, RunContext
+from pytest_llmperf.measure.conditions import Conditions
 from pytest_llmperf.measure.metrics import METRICS, TRIAL_METRICS
 from pytest_llmperf.results import BenchRecord, BudgetCheck, GenerateResult
 from pytest_llmperf.series import SeriesKey
@@ -254,11 +255,20 @@ CREATE INDEX acceptances_run_id ON acceptances (run_id);
 """)
 
 
+def _migrate_to_v4(db: sqlite_utils.Database) -> None:
+    """What drives the spread between processes: each run's machine conditions (GPU clocks, power and
+    temperature, CPU governors and load, as JSON), and whether its environment's GPU clocks were locked."""
+    db.executescript("""
+ALTER TABLE runs ADD COLUMN conditions TEXT;
+ALTER TABLE environments ADD COLUMN gpu_clocks_locked INTEGER;
+""")
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 
 #: ``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``. Append, never edit:
 #: files in the wild are at every version. Looked up at open time, so tests can extend it.
-MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2, _migrate_to_v3]
+MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2, _migrate_to_v3, _migrate_to_v4]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
@@ -606,12 +616,17 @@ class HistoryStore:
     # ---- writing ---------------------------------------------------------------------------------
 
     def start_run(self, run_id: str, env: Environment, ctx: RunContext, *, started_at: str | None = None,
-                  ab_group: str | None = None, ab_side: str | None = None, label: str | None = None) -> None:
+                  ab_group: str | None = None, ab_side: str | None = None, label: str | None = None,
+                  conditions: Conditions | None = None) -> None:
         """Record a run as 'running'. Idempotent: every xdist worker and the controller may call it
-        with the same ``run_id``; the first call's values are kept."""
+        with the same ``run_id``; the first call's values are kept. ``conditions``: the machine state
+        the run starts under."""
         fingerprint = env.fingerprint()
+        # columns left unset stay NULL: the canonical form and an absent ``conditions`` name no column
+        # newer than the fields a run sets, so files of older schemas take these rows too
+        extra = {} if conditions is None else {"conditions": conditions.to_json()}
         with self.transaction() as db:
-            db["environments"].insert({"fingerprint": fingerprint, **asdict(env)}, ignore=True)
+            db["environments"].insert({"fingerprint": fingerprint, **env.canonical()}, ignore=True)
             db["runs"].insert({
                 "id": run_id,
                 "started_at": started_at or _now(),
@@ -632,6 +647,7 @@ class HistoryStore:
                 "ab_group": ab_group,
                 "ab_side": ab_side,
                 "label": label,
+                **extra,
             }, ignore=True)
 
     def record_test(self, run_id: str, record: BenchRecord, *, test_outcome: str,
@@ -728,13 +744,16 @@ class HistoryStore:
     # ---- reading ---------------------------------------------------------------------------------
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        """The runs row, with ``argv`` decoded to a list and ``git_dirty`` to a bool; None if unknown."""
+        """The runs row, with ``argv`` and ``conditions`` decoded from JSON and ``git_dirty`` to a bool;
+        None if unknown."""
         cursor = self.db.execute("SELECT * FROM runs WHERE id = ?", [run_id])
         values = cursor.fetchone()
         if values is None:
             return None
         row = dict(zip([d[0] for d in cursor.description], values))
         row["argv"] = json.loads(row["argv"]) if row["argv"] is not None else None
+        if row.get("conditions") is not None:
+            row["conditions"] = json.loads(row["conditions"])
         row["git_dirty"] = None if row["git_dirty"] is None else bool(row["git_dirty"])
         return row
 

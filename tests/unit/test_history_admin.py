@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import statistics
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from pytest_llmperf import history_admin
 from pytest_llmperf import store as store_mod
 from pytest_llmperf.cli import main
 from pytest_llmperf.environment import Environment, GitState, RunContext
+from pytest_llmperf.measure.conditions import Conditions, CpuConditions
+from pytest_llmperf.measure.nvml import GpuState
 from pytest_llmperf.history_admin import (
     EXPORT_FORMAT,
     MergeReport,
@@ -367,6 +370,35 @@ def test_export_then_merge_gives_back_the_same_rows(tmp_path: Path) -> None:
         assert report.runs_added == 2
         assert canonical(dest) == expected
         assert export_runs(dest) == document
+
+
+def test_run_conditions_and_the_clock_lock_survive_a_merge_and_an_export(tmp_path: Path) -> None:
+    locked = replace(GPU, gpu_clocks_locked=True)
+    gpu = GpuState(index=0, uuid="GPU-5f3c", name=GPU.device_model, sm_clock_mhz=1410, memory_clock_mhz=2619,
+                   max_sm_clock_mhz=1980, max_memory_clock_mhz=2619, clocks_locked=True, persistence_mode=True,
+                   clock_event_reasons=("applications_clocks_setting",), temperature_c=38, power_limit_w=700.0)
+    cpu = CpuConditions(affinity=(0, 1), governors=("performance",), frequency_mhz={0: 3100.0, 1: 3050.0},
+                        thread_variables={"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": None},
+                        load_average_1m=0.3)
+    shard = tmp_path / "shard.db"
+    with HistoryStore.open(shard) as s:
+        s.start_run("locked", locked, CTX, started_at="2025-03-01T10:00:00+00:00",
+                    conditions=Conditions("cuda", (gpu,), cpu))
+        s.finish_run("locked", "complete")
+        add_run(s, "plain", started_at="2025-03-02T10:00:00+00:00")
+        expected = s.run("locked")["conditions"]
+        document = export_runs(s)
+    assert json.loads(document["runs"][0]["conditions"]) == expected
+    assert document["runs"][0]["environment"]["gpu_clocks_locked"] == 1
+    exported = tmp_path / "shard.json"
+    exported.write_text(json.dumps(document))
+    for source in (shard, exported):
+        with HistoryStore.open(tmp_path / f"dest-{source.suffix[1:]}.db") as dest:
+            assert merge_histories(dest, [source]).runs_added == 2
+            assert dest.run("locked")["conditions"] == expected
+            assert dest.run("plain")["conditions"] is None
+            assert {r["fingerprint"]: r["gpu_clocks_locked"] for r in rows(dest, "SELECT * FROM environments")} == {
+                locked.fingerprint(): 1, GPU.fingerprint(): None}
 
 
 def test_export_of_chosen_runs_and_of_an_unknown_run(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import sqlite_utils
 
 from pytest_llmperf import store as store_mod
 from pytest_llmperf.environment import Environment, GitState, RunContext
+from pytest_llmperf.measure.conditions import Conditions, CpuConditions
 from pytest_llmperf.measure.metrics import METRICS, TRIAL_METRICS
+from pytest_llmperf.measure.nvml import GpuState
 from pytest_llmperf.results import (
     BenchRecord,
     BudgetCheck,
@@ -184,6 +187,33 @@ def test_start_run_is_idempotent_first_insert_wins(store: HistoryStore) -> None:
     env_row = rows(store, "SELECT * FROM environments WHERE fingerprint = ?", [ENV.fingerprint()])[0]
     assert env_row["device_model"] == "NVIDIA H100 80GB HBM3" and env_row["deepspeed"] is None
     assert store.run("unknown") is None
+
+
+def test_fingerprints_recorded_before_the_clock_lock_field_do_not_change() -> None:
+    # the values the code gave before Environment had gpu_clocks_locked: their series must go on
+    assert CPU_ENV.fingerprint() == "ee73bcb357f4c2a4"
+    assert ENV.fingerprint() == "0b13c6002c203e59"  # a CUDA environment whose lock is unknown
+    locked, unlocked = replace(ENV, gpu_clocks_locked=True), replace(ENV, gpu_clocks_locked=False)
+    assert len({ENV.fingerprint(), locked.fingerprint(), unlocked.fingerprint()}) == 3
+
+
+def test_start_run_stores_the_conditions_and_the_clock_lock(store: HistoryStore) -> None:
+    gpu = GpuState(index=0, uuid="GPU-5f3c", name="NVIDIA H100 80GB HBM3", sm_clock_mhz=1410,
+                   memory_clock_mhz=2619, max_sm_clock_mhz=1980, max_memory_clock_mhz=2619, clocks_locked=True,
+                   persistence_mode=True, clock_event_reasons=("applications_clocks_setting",), temperature_c=38,
+                   power_limit_w=700.0)
+    cpu = CpuConditions(affinity=(0, 1, 2, 3), governors=("performance",), frequency_mhz={c: 3100.0 for c in range(4)},
+                        thread_variables={"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": None},
+                        load_average_1m=0.42)
+    env = replace(ENV, gpu_clocks_locked=True)
+    store.start_run("r1", env, CTX, conditions=Conditions("cuda", (gpu,), cpu))
+    store.start_run("r0", ENV, CTX)
+    conditions = store.run("r1")["conditions"]
+    assert conditions["gpus"][0]["clocks_locked"] is True and conditions["gpus"][0]["sm_clock_mhz"] == 1410
+    assert conditions["cpu"]["governors"] == ["performance"] and conditions["cpu"]["load_average_1m"] == 0.42
+    assert store.run("r0")["conditions"] is None
+    by_fingerprint = {r["fingerprint"]: r["gpu_clocks_locked"] for r in rows(store, "SELECT * FROM environments")}
+    assert by_fingerprint == {env.fingerprint(): 1, ENV.fingerprint(): None}
 
 
 def test_start_run_defaults_started_at(store: HistoryStore) -> None:
@@ -539,6 +569,35 @@ def test_extra_migration_upgrades_a_v1_file_and_keeps_data(tmp_path: Path, monke
     monkeypatch.undo()  # the older code now sees a newer file
     with pytest.raises(HistoryError, match="upgrade pytest-llmperf"):
         HistoryStore.open(path)
+
+
+def test_v3_file_upgrades_to_v4_with_run_conditions_and_the_clock_lock(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "history.db"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:3])
+    with HistoryStore.open(path) as s:
+        assert s.schema_version() == 3
+        s.start_run("v3run", ENV, CTX)  # an environment without the new field writes to a v3 file as before
+        s.record_test("v3run", make_record(), test_outcome="passed")
+        s.finish_run("v3run", "complete")
+        before = s.recent_results(last=1000)
+    monkeypatch.undo()
+    with HistoryStore.open(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 4
+        assert "conditions" in s.db["runs"].columns_dict and "gpu_clocks_locked" in s.db["environments"].columns_dict
+        old = s.run("v3run")
+        assert (old["status"], old["conditions"], old["env_fingerprint"]) == ("complete", None, ENV.fingerprint())
+        assert s.recent_results(last=1000) == before
+        unlocked = replace(ENV, gpu_clocks_locked=False)
+        cpu = CpuConditions(affinity=(0,), governors=None, frequency_mhz=None,
+                            thread_variables=dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                            "OPENBLAS_NUM_THREADS")), load_average_1m=None)
+        s.start_run("v4run", unlocked, CTX, conditions=Conditions("cuda", (), cpu))
+        assert s.run("v4run")["conditions"]["cpu"]["affinity"] == [0]
+        assert rows(s, "SELECT gpu_clocks_locked FROM environments WHERE fingerprint = ?",
+                    [unlocked.fingerprint()]) == [{"gpu_clocks_locked": 0}]
+        assert rows(s, "SELECT gpu_clocks_locked FROM environments WHERE fingerprint = ?",
+                    [ENV.fingerprint()]) == [{"gpu_clocks_locked": None}]
 
 
 def test_failing_migration_leaves_the_file_at_its_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
