@@ -98,6 +98,7 @@ def pytest_configure(config: pytest.Config) -> None:
             run_id=None if worker_input is None else worker_input["llmperf_run_id"],
             project_root=config.rootpath,
             argv=tuple(config.invocation_params.args),
+            warn=lambda text: _warn_conditions(config, text),
         )
     except HistoryError as e:
         raise pytest.UsageError(str(e)) from None
@@ -105,6 +106,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_Summary(config.stash[SESSION]), "llmperf-summary")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "llmperf-xdist")
+
+
+def _warn_conditions(config: pytest.Config, text: str) -> None:
+    """Show a warning about the run's machine conditions once, in pytest's warnings summary (``-W`` and
+    ``filterwarnings`` apply to it)."""
+    from pytest_llmperf.measure.conditions import UnlockedGpuClocksWarning
+
+    config.issue_config_time_warning(UnlockedGpuClocksWarning(text), stacklevel=2)
 
 
 class _XdistHooks:

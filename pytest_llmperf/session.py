@@ -40,8 +40,14 @@ class RunSession:
 
     @classmethod
     def start(cls, settings: Settings, *, run_id: str | None, project_root: Path,
-              argv: tuple[str, ...]) -> RunSession:
-        """Open the store; a new run when ``run_id`` is None, else join the controller's run."""
+              argv: tuple[str, ...], warn: Callable[[str], None] | None = None) -> RunSession:
+        """Open the store; a new run when ``run_id`` is None, else join the controller's run.
+
+        A new run records the machine conditions it starts under, and passes ``warn`` what the
+        user should hear about them (GPU clocks that are not locked).
+        """
+        from pytest_llmperf.measure.conditions import collect_conditions, unlocked_clocks_warning
+
         store = HistoryStore.open(settings.db_path)
         if run_id is not None:
             return cls(settings=settings, store=store, run_id=run_id, owns_run=False)
@@ -54,11 +60,14 @@ class RunSession:
             except DeviceUnavailable:
                 kind = "cpu"  # the tests will be skipped with the reason; the run is still recorded
             group, side = settings.ab or (None, None)
-            store.start_run(run_id, collect_environment(kind), collect_run_context(project_root, argv),
-                            ab_group=group, ab_side=side, label=settings.label)
+            conditions = collect_conditions(kind)
+            store.start_run(run_id, collect_environment(kind, conditions), collect_run_context(project_root, argv),
+                            ab_group=group, ab_side=side, label=settings.label, conditions=conditions)
         except BaseException:
             store.close()
             raise
+        if warn is not None and (text := unlocked_clocks_warning(conditions)) is not None:
+            warn(text)
         return cls(settings=settings, store=store, run_id=run_id, owns_run=True)
 
     def record(self, record: BenchRecord, *, test_outcome: str, duration_s: float | None) -> None:

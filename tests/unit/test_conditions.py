@@ -1,17 +1,19 @@
 """The machine conditions a run measures under: NVML's GPU state (faked), the CPU readers on a fake sysfs
-tree, and the warning about unlocked GPU clocks."""
+tree, what a run start stores, and the warning about unlocked GPU clocks."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pynvml
 import pytest
 
+from pytest_llmperf import environment, session
+from pytest_llmperf.environment import collect_environment
 from pytest_llmperf.measure import nvml
 from pytest_llmperf.measure.conditions import (
     Conditions,
@@ -24,6 +26,8 @@ from pytest_llmperf.measure.conditions import (
     unlocked_clocks_warning,
 )
 from pytest_llmperf.measure.nvml import GpuState, clock_event_reason_names
+from pytest_llmperf.session import RunSession
+from pytest_llmperf.settings import Settings
 
 H100 = "NVIDIA H100 80GB HBM3"
 NOT_SUPPORTED = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
@@ -285,3 +289,93 @@ def test_conditions_serialise_to_json_with_every_field() -> None:
         "max_sm_clock_mhz": 1980, "max_memory_clock_mhz": 2619, "clocks_locked": False, "persistence_mode": True,
         "clock_event_reasons": [], "temperature_c": 40, "power_limit_w": 700.0,
     }
+
+
+# ---- a run start ---------------------------------------------------------------------------------
+
+
+def _settings(tmp_path: Path, device: str) -> Settings:
+    return Settings.from_sources(enabled=True, cli={"db": str(tmp_path / "history.db"), "device": device}, ini={},
+                                 rootdir=tmp_path)
+
+
+def test_a_cpu_run_start_stores_this_machines_conditions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    warnings: list[str] = []
+    run = RunSession.start(_settings(tmp_path, "cpu"), run_id=None, project_root=tmp_path, argv=("pytest",),
+                           warn=warnings.append)
+    try:
+        stored = run.store.run(run.run_id)
+        env = run.store.db.execute("SELECT * FROM environments WHERE fingerprint = ?",
+                                   [stored["env_fingerprint"]]).fetchone()
+        env_columns = [d[0] for d in run.store.db.execute("SELECT * FROM environments").description]
+    finally:
+        run.finish(0)
+    conditions = stored["conditions"]
+    assert (conditions["device_kind"], conditions["gpus"]) == ("cpu", [])
+    cpu = conditions["cpu"]
+    assert cpu["affinity"] == sorted(os.sched_getaffinity(0))
+    assert cpu["thread_variables"]["OMP_NUM_THREADS"] == "2"
+    assert cpu["load_average_1m"] is None or cpu["load_average_1m"] >= 0
+    if cpu["frequency_mhz"] is not None:  # this machine's /proc/cpuinfo or cpufreq
+        assert {int(c) for c in cpu["frequency_mhz"]} <= set(cpu["affinity"])
+        assert all(mhz > 0 for mhz in cpu["frequency_mhz"].values())
+    assert dict(zip(env_columns, env))["gpu_clocks_locked"] is None
+    assert stored["env_fingerprint"] == collect_environment("cpu").fingerprint()
+    assert warnings == []
+
+
+@pytest.fixture
+def fake_cuda_run(fake_nvml, monkeypatch: pytest.MonkeyPatch):
+    """A run start that takes this machine for a one-GPU CUDA host (NVML faked, no torch imported)."""
+    monkeypatch.setattr(session, "resolve_device", lambda device: "cuda:0")
+    monkeypatch.setattr(environment, "_torch_cuda_version", lambda: "12.4")
+    return fake_nvml
+
+
+def test_a_cuda_run_start_stores_the_gpu_state_and_warns_once_of_unlocked_clocks(
+        tmp_path: Path, fake_cuda_run) -> None:
+    fake_cuda_run(FakeGpu("GPU-aaaa"))
+    warnings: list[str] = []
+    run = RunSession.start(_settings(tmp_path, "cuda"), run_id=None, project_root=tmp_path, argv=("pytest",),
+                           warn=warnings.append)
+    joined = RunSession.start(_settings(tmp_path, "cuda"), run_id=run.run_id, project_root=tmp_path,
+                              argv=("pytest",), warn=warnings.append)  # an xdist worker: no second warning
+    try:
+        stored = run.store.run(run.run_id)
+        (locked,) = run.store.db.execute("SELECT gpu_clocks_locked FROM environments").fetchone()
+    finally:
+        joined.finish(0)
+        run.finish(0)
+    (gpu,) = stored["conditions"]["gpus"]
+    assert (gpu["uuid"], gpu["clocks_locked"], gpu["clock_event_reasons"], gpu["power_limit_w"]) == (
+        "GPU-aaaa", False, ["gpu_idle"], 700.0)
+    assert locked == 0
+    assert len(warnings) == 1 and "GPU 0 (NVIDIA H100 80GB HBM3, GPU-aaaa" in warnings[0]
+
+
+def test_a_cuda_run_with_locked_clocks_is_not_warned_and_has_its_own_fingerprint(
+        tmp_path: Path, fake_cuda_run) -> None:
+    fake_cuda_run(FakeGpu("GPU-aaaa", sm_mhz=1410, reasons=APP_CLOCKS))
+    warnings: list[str] = []
+    run = RunSession.start(_settings(tmp_path, "cuda"), run_id=None, project_root=tmp_path, argv=("pytest",),
+                           warn=warnings.append)
+    try:
+        fingerprint = run.store.run(run.run_id)["env_fingerprint"]
+    finally:
+        run.finish(0)
+    locked = collect_environment("cuda")
+    assert locked.gpu_clocks_locked is True and fingerprint == locked.fingerprint()
+    assert fingerprint not in {replace(locked, gpu_clocks_locked=v).fingerprint() for v in (False, None)}
+    assert warnings == []
+
+
+def test_pytest_shows_the_warning_once_in_its_summary(pytester: pytest.Pytester, fake_cuda_run) -> None:
+    fake_cuda_run(FakeGpu("GPU-aaaa"), FakeGpu("GPU-bbbb"))
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    result = pytester.runpytest_inprocess("--llmperf", "--llmperf-device=cuda",
+                                          f"--llmperf-db={pytester.path / 'history.db'}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    output = result.stdout.str()
+    assert output.count("UnlockedGpuClocksWarning: llmperf: the clocks of") == 1
+    assert "GPU 0 (NVIDIA H100 80GB HBM3, GPU-aaaa" in output and "GPU 1 (NVIDIA H100 80GB HBM3, GPU-bbbb" in output
