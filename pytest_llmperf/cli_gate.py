@@ -53,7 +53,7 @@ def add_gate_commands(commands: Any) -> None:
     ab = commands.add_parser("ab", help="same-job A/B: base and head revisions in alternating processes")
     ab.add_argument("--base", required=True, metavar="REV", help="the baseline revision (e.g. the merge base)")
     ab.add_argument("--head", default="HEAD", metavar="REV", help="the revision under test (default: HEAD)")
-    ab.add_argument("--max-rounds", type=arg_type(positive_int), default=20, metavar="N",
+    ab.add_argument("--max-rounds", type=arg_type(positive_int), default=100, metavar="N",
                     help="at most N rounds, however many the plan asks for (default: %(default)s)")
     ab.add_argument("--time-budget", type=arg_type(duration), metavar="TIME",
                     help="start no round that would end after this, e.g. 15m or 900s (default: no budget)")

@@ -8,8 +8,9 @@ process writes its run into the same history, tagged with the A/B group and side
 The rounds are sequential: after the minimum rounds the run plans how many it needs to detect ``detect``
 (10 %) with 80 % power from the noise the history and the first rounds show, within ``max_rounds`` and the
 time budget; then it looks after every round, spending its error rate by a group-sequential design, and
-stops as soon as every gated comparison is decided (``regressed``, ``improved`` or ``unchanged``), at the
-planned rounds, or when another round would not fit in the budget. A decision made at a look stands.
+stops as soon as a regression fails the run, or every gated comparison is decided (``regressed``,
+``improved`` or ``unchanged``), at the planned rounds, or when another round would not fit in the budget.
+A decision made at a look stands.
 Noise the tool can remove it removes:
 each process is pinned to the same CPU cores with fixed thread counts, and the measurement pauses the
 garbage collector inside trials.
@@ -56,7 +57,7 @@ class AbConfig:
     db: Path
     pytest_args: tuple[str, ...]
     min_rounds: int = 2
-    max_rounds: int = 20
+    max_rounds: int = 100
     #: stop adding rounds when the next one would end after this many seconds (None: no budget)
     time_budget_s: float | None = None
     #: the worse change the plan should detect with 80 % power (a fraction)
@@ -210,45 +211,56 @@ def _decided(verdict: Verdict) -> bool:
     return verdict.outcome is not Outcome.INCONCLUSIVE or verdict.evidence is None
 
 
-def run_ab(config: AbConfig, log: Callable[[str], None] = print) -> AbResult:
+def run_rounds(config: AbConfig, run_round: Callable[[int], None], compare: Callable[[], list[Comparison]], *,
+               clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print,
+               ) -> tuple[int, list[Verdict]]:
+    """The sequential design of an A/B run: (rounds run, verdicts). ``run_round(i)`` measures round ``i``;
+    ``compare()`` gives the comparisons of everything measured so far."""
     from pytest_llmperf.gate.verdict import judge
 
+    started = clock()
+    rounds, planned, verdicts = 0, config.max_rounds, []
+    decided: dict[str, Verdict] = {}
+    while rounds < planned:
+        run_round(rounds)
+        rounds += 1
+        if rounds < config.min_rounds:
+            continue
+        comparisons = compare()
+        if rounds == config.min_rounds:
+            planned = planned_rounds(comparisons, config)
+            log(f"llmperf ab: {planned} round(s) planned to detect a {config.detect:.0%} change with 80 % power")
+        per_round = (clock() - started) / rounds
+        out_of_time = config.time_budget_s is not None and clock() - started + per_round > config.time_budget_s
+        final = rounds >= planned or out_of_time
+        look = Look(rounds=rounds, first=config.min_rounds, planned=max(planned, rounds), final=final)
+        verdicts = [decided.get(v.subject.series_key, v) for v in judge(comparisons, alpha=config.alpha, look=look)]
+        decided.update({v.subject.series_key: v for v in verdicts if _decided(v)})
+        open_questions = [v for v in verdicts if v.comparison.gated and not _decided(v)]
+        if not open_questions or final or any(v.fails for v in verdicts):  # a failed run stays failed
+            if out_of_time and open_questions and rounds < planned:
+                log(f"llmperf ab: stopping after {rounds} of {planned} round(s): the next would not fit in "
+                    f"the time budget of {config.time_budget_s:g} s")
+            break
+        log(f"llmperf ab: {len(open_questions)} gated comparison(s) open after {rounds} round(s): one more round")
+    return rounds, verdicts
+
+
+def run_ab(config: AbConfig, log: Callable[[str], None] = print) -> AbResult:
     cpus = tuple(sorted(os.sched_getaffinity(0))) if config.cpus is None else config.cpus
     base, head = _sides(config)
-    started = time.monotonic()
+
+    def run_round(index: int) -> None:
+        # A B, then B A: a drift over the job, or an effect of coming first, falls on both sides alike
+        for side in ((base, head) if index % 2 == 0 else (head, base)):
+            code = run_process(side, config, cpus, log)
+            if code not in _MEASURED:
+                raise AbError(f"the {side.name} process ({side.rev}, {side.commit[:12]}) exited with {code} "
+                              f"(pytest: {_exit_meaning(code)}); its output is above. Run it alone with: cd "
+                              f"{process_cwd(side, config)} && {shlex.join(process_command(side, config))}")
+
     try:
-        rounds, planned, verdicts = 0, config.max_rounds, []
-        decided: dict[str, Verdict] = {}
-        while rounds < planned:
-            # A B, then B A: a drift over the job, or an effect of coming first, falls on both sides alike
-            for side in ((base, head) if rounds % 2 == 0 else (head, base)):
-                code = run_process(side, config, cpus, log)
-                if code not in _MEASURED:
-                    raise AbError(f"the {side.name} process ({side.rev}, {side.commit[:12]}) exited with {code} "
-                                  f"(pytest: {_exit_meaning(code)}); its output is above. Run it alone with: cd "
-                                  f"{process_cwd(side, config)} && {shlex.join(process_command(side, config))}")
-            rounds += 1
-            if rounds < config.min_rounds:
-                continue
-            comparisons = group_comparisons(config, base)
-            if rounds == config.min_rounds:
-                planned = planned_rounds(comparisons, config)
-                log(f"llmperf ab: {planned} round(s) planned to detect a {config.detect:.0%} change with 80 % power")
-            per_round = (time.monotonic() - started) / rounds
-            out_of_time = config.time_budget_s is not None and \
-                time.monotonic() - started + per_round > config.time_budget_s
-            final = rounds >= planned or out_of_time
-            look = Look(rounds=rounds, first=config.min_rounds, planned=max(planned, rounds), final=final)
-            verdicts = [decided.get(v.subject.series_key, v)
-                        for v in judge(comparisons, alpha=config.alpha, look=look)]
-            decided.update({v.subject.series_key: v for v in verdicts if _decided(v)})
-            open_questions = [v for v in verdicts if v.comparison.gated and not _decided(v)]
-            if not open_questions or final:
-                if out_of_time and open_questions and rounds < planned:
-                    log(f"llmperf ab: stopping after {rounds} of {planned} round(s): the next would not fit in "
-                        f"the time budget of {config.time_budget_s:g} s")
-                break
-            log(f"llmperf ab: {len(open_questions)} gated comparison(s) open after {rounds} round(s): one more round")
+        rounds, verdicts = run_rounds(config, run_round, lambda: group_comparisons(config, base), log=log)
         return AbResult(config.group, base, head, rounds, tuple(verdicts))
     finally:
         if not config.keep_worktrees:

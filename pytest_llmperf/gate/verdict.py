@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 
 from pytest_llmperf.gate.evidence import Evidence
 from pytest_llmperf.gate.sequential import nominal_level
@@ -137,11 +138,12 @@ def _sides(evidence: Evidence, better: Better) -> tuple[float | None, float | No
     return evidence.p_higher, evidence.p_lower
 
 
+@lru_cache(maxsize=4096)
 def _quantile(p: float, df: int | None) -> float:
-    from scipy.stats import norm
-    from scipy.stats import t as student_t
+    """The upper ``p`` quantile of Student's t with ``df`` degrees of freedom (normal without)."""
+    from scipy.special import ndtri, stdtrit
 
-    return float(student_t.isf(p, df)) if df else float(norm.isf(p))
+    return float(stdtrit(df, 1 - p)) if df else float(-ndtri(p))
 
 
 def worst_plausible(e: Evidence, better: Better, level: float) -> float:
