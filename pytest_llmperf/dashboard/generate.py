@@ -7,6 +7,7 @@ optionally a step at a given run, so that what the dashboard should find is know
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,11 @@ def _levels(rng: np.random.Generator, runs: int, base: float, noise: float, step
     return values
 
 
+def generated_commit(run: int) -> str:
+    """The commit of the ``run``-th generated run: a 40-digit hex, distinct in its first 12 (as shown)."""
+    return hashlib.sha1(f"run {run}".encode()).hexdigest()
+
+
 def generate_history(path: Path, tests: list[GeneratedTest], *, runs: int, noise: float = 0.03,
                      branch: str = "main", seed: int = 0, model_id: str = "synthetic:llama-1b") -> None:
     rng = np.random.default_rng(seed)
@@ -71,7 +77,7 @@ def generate_history(path: Path, tests: list[GeneratedTest], *, runs: int, noise
             for i in range(runs):
                 run_id = f"run{i:06d}"
                 when = (start + timedelta(hours=6 * i)).isoformat(timespec="seconds")
-                run_rows.append((run_id, when, when, "complete", fingerprint, f"{i:040x}", branch,
+                run_rows.append((run_id, when, when, "complete", fingerprint, generated_commit(i), branch,
                                  '["--llmperf", "suites/"]'))
                 for t in tests:
                     test_row_id += 1
