@@ -4,9 +4,10 @@ Works from a file or any static host, offline: its script and styles ship inside
 MIT, for the charts). Every string from the history reaches HTML escaped, and JSON inside a script tag
 cannot close it. Layout of the output folder::
 
-    index.html              every series with its latest value, change, sparkline and flags; filters
-    series/<page>.html      one configuration: each metric's history, trial spread, budget, change points;
-                            the same model's backends side by side
+    index.html              every series with its latest value, change, sparkline and flags (a gate verdict,
+                            the latest change point, a recent shift); filters
+    series/<page>.html      one configuration: each metric's history, trial spread, budget, change points,
+                            recent shift; the same model's backends side by side
     data/<page>.js          the points of that page (a script, so that pages work from file:// too); each
                             chart exports its series as CSV or JSON from these, in the browser
     assets/                 uPlot, dashboard.js, dashboard.css
@@ -25,6 +26,8 @@ from typing import Any
 
 from pytest_llmperf.dashboard.changepoints import ChangePoint, ChangePointConfig, detect_change_points
 from pytest_llmperf.dashboard.history import DASHBOARD_METRICS, History, Series, load_history, pages
+from pytest_llmperf.dashboard.recent import RecentShift, recent_shifts
+from pytest_llmperf.gate.verdict import Outcome, worse_change
 from pytest_llmperf.measure.metrics import Better, metric
 from pytest_llmperf.units import format_value
 
@@ -48,7 +51,8 @@ def script_json(data: Any) -> str:
 @dataclass(frozen=True)
 class Row:
     """One overview row: a series on a branch. Rows are sorted what got worse first: regressions, then by the
-    larger of the latest change point's step and the latest value's change, in the worse direction."""
+    largest of the latest change point's step, the recent shift and the latest value's change, in the worse
+    direction."""
 
     series: Series
     latest: float
@@ -56,6 +60,8 @@ class Row:
     worse_change: float | None
     change_points: tuple[ChangePoint, ...]
     regressed: bool
+    #: the newest runs' shift by the gate's rule, all rows of the build judged together; None: none found
+    recent: RecentShift | None = None
 
 
 def _worse_change(s: Series) -> float | None:
@@ -69,18 +75,28 @@ def _worse_change(s: Series) -> float | None:
 
 
 def overview_rows(history: History, config: ChangePointConfig) -> list[Row]:
+    shifts = recent_shifts(history.series.values())
     rows = []
     for s in history.series.values():
         points = detect_change_points(s.values, config) if len(s.values) >= 2 * config.min_segment else []
         regressed = history.verdicts.get((s.subject.series_key, s.run_ids[-1])) == "regressed"
-        rows.append(Row(s, s.values[-1], _worse_change(s), tuple(points), regressed))
+        rows.append(Row(s, s.values[-1], _worse_change(s), tuple(points), regressed,
+                        shifts.get((s.subject.series_key, s.branch))))
+    return worst_first(rows)
+
+
+def worst_first(rows: Sequence[Row]) -> list[Row]:
+    """The overview's order: the gate's regressions, then by how much worse a series got (``_worsening``)."""
     return sorted(rows, key=lambda r: (not r.regressed, -_worsening(r), r.series.label))
 
 
 def _worsening(row: Row) -> float:
-    """How much worse a series got: its latest change point's step or its latest value's change, the larger."""
+    """How much worse a series got: its latest change point's step, its recent shift or its latest value's
+    change, the largest."""
     better = metric(row.series.subject.metric).better
     steps = [c.relative_change if better is Better.LOWER else -c.relative_change for c in row.change_points[-1:]]
+    if row.recent is not None:
+        steps.append(worse_change(row.recent.evidence.ratio, better))
     return max([*steps, row.worse_change if row.worse_change is not None else 0.0])
 
 
@@ -114,7 +130,30 @@ def _flags(row: Row, history: History) -> str:
         where = f"at {run.started_at} ({(run.commit or '')[:12]})"
         flags.append(f'<span class="flag changepoint" title="{esc(where)}">'
                      f"change point {last.relative_change:+.1%}</span>")
+    if row.recent is not None:
+        flags.append(_recent_flag(row.recent, history))
     return " ".join(flags)
+
+
+def _window(shift: RecentShift) -> str:
+    return "the newest run" if shift.window == 1 else f"the newest {shift.window} runs"
+
+
+def _commits(shift: RecentShift, history: History) -> str:
+    """The window's commit range, oldest..newest ("?" for a run without one)."""
+    first, last = ((history.runs[r].commit or "?")[:12] for r in (shift.run_ids[0], shift.run_ids[-1]))
+    return first if first == last else f"{first}..{last}"
+
+
+def _recent_flag(shift: RecentShift, history: History) -> str:
+    e = shift.evidence
+    direction = "worse" if shift.outcome is Outcome.REGRESSED else "better"
+    first, last = history.runs[shift.run_ids[0]], history.runs[shift.run_ids[-1]]
+    when = first.started_at if first is last else f"{first.started_at} to {last.started_at}"
+    title = (f"{direction}: {_window(shift)} ({when}) against the {e.n_base} runs before; "
+             f"p = {shift.p_value:.2g}, adjusted for every series of this overview")
+    return (f'<span class="flag recent {direction}" title="{esc(title)}">recent shift {shift.change:+.1%} in '
+            f"{esc(_window(shift))} <code>{esc(_commits(shift, history))}</code></span>")
 
 
 def render_overview(history: History, rows: list[Row], default_branch: str) -> str:
@@ -190,7 +229,15 @@ class _RunTable:
         return self._index[run_id]
 
 
-def _series_data(s: Series, history: History, points: list[ChangePoint], runs: _RunTable) -> dict[str, Any]:
+def _recent_data(shift: RecentShift | None, history: History) -> dict[str, Any] | None:
+    if shift is None:
+        return None
+    return {"change": round(shift.change, 4), "window": shift.window, "outcome": shift.outcome.value,
+            "commits": _commits(shift, history)}
+
+
+def _series_data(s: Series, history: History, points: list[ChangePoint], recent: RecentShift | None,
+                 runs: _RunTable) -> dict[str, Any]:
     subject = s.subject
     x = [history.runs[r].epoch_s for r in s.run_ids]
     oom = [history.runs[r].epoch_s for t, b, r in history.oom
@@ -205,6 +252,7 @@ def _series_data(s: Series, history: History, points: list[ChangePoint], runs: _
         "q1": [_round(v) for v in s.q1], "q3": [_round(v) for v in s.q3], "run": [runs.index(r) for r in s.run_ids],
         "changepoints": [{"index": c.index, "x": x[c.index], "change": round(c.relative_change, 4),
                           "from": commits[c.index - 1], "to": commits[c.index]} for c in points],
+        "recent": _recent_data(recent, history),
         "oom": sorted(oom),
     }
 
@@ -250,12 +298,13 @@ def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
     for name in ASSETS:
         shutil.copyfile(STATIC / name, out / "assets" / name)
     by_page = pages(history)
-    points = {(r.series.subject.series_key, r.series.branch): r.change_points for r in rows}
+    by_series = {(r.series.subject.series_key, r.series.branch): r for r in rows}
     for page, members in by_page.items():
         members = sorted(members, key=lambda s: (DASHBOARD_METRICS.index(s.subject.metric), s.branch))
         siblings = _siblings(members, by_page)
         runs = _RunTable(history)
-        series = [_series_data(s, history, list(points[(s.subject.series_key, s.branch)]), runs) for s in members]
+        series = [_series_data(s, history, list(by_series[(s.subject.series_key, s.branch)].change_points),
+                               by_series[(s.subject.series_key, s.branch)].recent, runs) for s in members]
         data = {"series": series, "runs": runs.rows, "envs": runs.envs,
                 "siblings": [{"label": s.subject.backend + ("" if s.subject.variant == "default"
                                                             else f" {s.subject.variant}"),

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -124,4 +125,30 @@ def test_the_hostile_series_page_renders_its_name_as_text(site, page):
     page.locator("#overview tbody tr", has_text="alert(1)").first.locator("a").click()
     page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
     assert HOSTILE in page.text_content("h1")
+    assert page.problems == []
+
+
+@pytest.fixture(scope="module")
+def recent_site(tmp_path_factory) -> Path:
+    """Throughput of one backend 20 % lower in the newest 5 runs."""
+    root = tmp_path_factory.mktemp("recent")
+    tests = [GeneratedTest("suites/t.py::test_x[llama-hf]", "hf", (1,), step=(RUNS - 5, -0.2)),
+             GeneratedTest("suites/t.py::test_x[llama-accelerate]", "accelerate", (1,))]
+    generate_history(root / "history.db", tests, runs=RUNS, noise=0.02, seed=3)
+    build_dashboard(root / "history.db", root / "site")
+    return root / "site"
+
+
+def test_a_shift_in_the_newest_runs_is_flagged_on_top_and_beside_its_chart(recent_site, page):
+    page.goto((recent_site / "index.html").as_uri())
+    first = page.locator("#overview tbody tr").first
+    assert "llama-hf" in first.text_content()
+    flag = first.locator(".flag.recent.worse")
+    assert flag.is_visible() and re.fullmatch(r"recent shift [+-]\d+\.\d% in the newest \d runs \w{12}\.\.\w{12}",
+                                              flag.text_content())  # tpot_ms up or tokens_per_s down, the worse
+    assert "against the 10 runs before" in flag.get_attribute("title")
+    page.screenshot(path=str(artifact("dashboard-recent-shift.png")), full_page=True)
+    first.locator("a").click()
+    page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
+    assert page.locator("section.chart .links .recent.worse").first.text_content().startswith("recent shift -")
     assert page.problems == []

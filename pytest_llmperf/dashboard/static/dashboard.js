@@ -153,6 +153,12 @@ window.LLMPerf = (function () {
                (c.from || "?") + " and " + (c.to || "?");
       }).join("; "), "cp"));
     }
+    if (s.recent) {
+      links.appendChild(element("span", "recent shift " + (s.recent.change >= 0 ? "+" : "") +
+        (100 * s.recent.change).toFixed(1) + "% in the newest " + (s.recent.window === 1 ? "run" :
+        s.recent.window + " runs") + " (" + s.recent.commits + ")", "recent " +
+        (s.recent.outcome === "regressed" ? "worse" : "better")));
+    }
     section.appendChild(links);
     parent.appendChild(section);
     const q1 = s.q1.map(function (v, i) { return v === null ? s.y[i] : v; });
