@@ -8,8 +8,9 @@ them is gated); a comparison that tests several windows of the history counts on
 comparison, successive looks of a sequential A/B run spend the level by a group-sequential design
 (``sequential``), so extra rounds never test again at the full level.
 
-* ``regressed``: the worse-direction p-value is under the look's level, and the estimated change is at
-  least the minimum effect. ``improved`` is the mirror image.
+* ``regressed``: the worse-direction p-value is under the look's level (the run's level over all its gated
+  tests, windows included), and the estimated change is at least the minimum effect. ``improved`` is the
+  mirror image.
 * ``unchanged``: only from an interval: the worse end of a one-sided ``1 - EQUIVALENCE_ALPHA`` bound (spent
   over the looks like the level) lies within the minimum effect, so a real change of twice the minimum
   effect is called unchanged in well under 1 % of runs. For a history comparison every window's bound must.
@@ -96,7 +97,7 @@ class Look:
 class Verdict:
     comparison: Comparison
     outcome: Outcome
-    #: the worse direction's p-value times the tests of the run (Bonferroni); None for tolerance checks
+    #: the worse direction's p-value times the gated tests of the run (Bonferroni); None for tolerance checks
     p_worse: float | None = None
     p_better: float | None = None
     notes: tuple[str, ...] = field(default=())
@@ -179,9 +180,9 @@ def _outcome(c: Comparison, raw: tuple[float | None, float | None], level: float
             return Outcome.IMPROVED, "", None
         return Outcome.UNCHANGED, "", None
     detectable = detectable_change(e, better, level)
-    if p_worse * c.tests <= level and worse >= c.min_effect:
+    if p_worse <= level and worse >= c.min_effect:
         return Outcome.REGRESSED, "", detectable
-    if p_better is not None and p_better * c.tests <= level and -worse >= c.min_effect:
+    if p_better is not None and p_better <= level and -worse >= c.min_effect:
         return Outcome.IMPROVED, "", detectable
     bounds = [worst_plausible(w, better, equivalence) for w in (c.windows or (e,))]
     if max(bounds) < c.min_effect:
@@ -209,7 +210,7 @@ def judge(comparisons: Sequence[Comparison], *, alpha: float = DEFAULT_ALPHA, lo
             notes += ("reported, not gated",)
         if c.accepted and outcome is Outcome.REGRESSED:
             notes += (f"accepted: {c.accepted}",)
-        adjust = max(tests, 1) * c.tests
+        adjust = max(tests, 1)
         verdicts.append(Verdict(c, outcome, None if pw is None else min(1.0, pw * adjust),
                                 None if pb is None else min(1.0, pb * adjust), tuple(dict.fromkeys(notes)),
                                 detectable))
