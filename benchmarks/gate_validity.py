@@ -96,26 +96,37 @@ class Simulator:
                          for t in TESTS for b in BATCHES for m in METRICS]
         self.subjects += [Subject(f"{t}:load_s", t, "model", "hf", "default", "bfloat16", 1, None, "load_s")
                           for t in TESTS]
+        # one row per (test, batch) series: its batch, the batch whose noise it takes, and its real processes
+        self.cells = [(t, b) for t in TESTS for b in BATCHES]
+        noise_batches = [_noise_batch(source, b) for _, b in self.cells]
+        self.batch = np.array([b for _, b in self.cells], dtype=float)
+        self.between = np.array([source.between_sd[nb] for nb in noise_batches])
+        self.real = [source.deviations[nb] for nb in noise_batches]
+        self.changed = np.array([t == TESTS[0] and b == 1 for t, b in self.cells])
 
     def process(self, slowdown: float = 0.0) -> dict[str, float]:
         """One process's value of every series (the median of its trials, or its one value)."""
         s, rng = self.source, self.rng
         common = rng.normal()
+        shared, own = math.sqrt(s.rho), math.sqrt(1 - s.rho)
+        level = self.between * (shared * common + own * rng.normal(size=len(self.cells)))
+        picked = np.stack([r[rng.integers(len(r))] for r in self.real])  # (cells, trials of that process, 2)
+        picked = np.take_along_axis(picked, rng.integers(picked.shape[1], size=(len(self.cells), self.trials))[..., None],
+                                    axis=1)
+        e2e = self.batch[:, None] ** 0.3 * np.exp(level[:, None] + picked[..., 0])
+        if slowdown:
+            e2e[self.changed] /= 1 - slowdown  # the throughput lost is ``slowdown``
+        ttft = 0.02 * np.exp(level[:, None] + picked[..., 1])
+        tokens_per_s = np.median(self.batch[:, None] * NEW_TOKENS / e2e, axis=1)
+        tpot_ms = np.median(1000 * (e2e - ttft) / (NEW_TOKENS - 1), axis=1)
+        ttft_ms = np.median(1000 * ttft, axis=1)
         out = {}
-        for i, t in enumerate(TESTS):
-            for b in BATCHES:
-                nb = _noise_batch(s, b)
-                level = s.between_sd[nb] * (math.sqrt(s.rho) * common + math.sqrt(1 - s.rho) * rng.normal())
-                real = s.deviations[nb][rng.integers(len(s.deviations[nb]))]
-                picked = real[rng.integers(len(real), size=self.trials)]
-                e2e = 1.0 * b ** 0.3 * np.exp(level + picked[:, 0])
-                if slowdown and i == 0 and b == 1:
-                    e2e = e2e / (1 - slowdown)  # the throughput lost is ``slowdown``
-                ttft = 0.02 * np.exp(level + picked[:, 1])
-                out[f"{t}:{b}:tokens_per_s"] = float(np.median(b * NEW_TOKENS / e2e))
-                out[f"{t}:{b}:tpot_ms"] = float(np.median(1000 * (e2e - ttft) / (NEW_TOKENS - 1)))
-                out[f"{t}:{b}:ttft_ms"] = float(np.median(1000 * ttft))
-            load = s.load_sd * (math.sqrt(s.rho) * common + math.sqrt(1 - s.rho) * rng.normal())
+        for i, (t, b) in enumerate(self.cells):
+            out[f"{t}:{b}:tokens_per_s"] = float(tokens_per_s[i])
+            out[f"{t}:{b}:tpot_ms"] = float(tpot_ms[i])
+            out[f"{t}:{b}:ttft_ms"] = float(ttft_ms[i])
+        loads = s.load_sd * (shared * common + own * rng.normal(size=len(TESTS)))
+        for t, load in zip(TESTS, loads, strict=True):
             out[f"{t}:load_s"] = float(np.exp(load))
         return out
 

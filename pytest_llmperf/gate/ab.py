@@ -7,7 +7,8 @@ process writes its run into the same history, tagged with the A/B group and side
 
 The rounds are sequential: after the minimum rounds the run plans how many it needs to detect ``detect``
 (10 %) with 80 % power from the noise the history and the first rounds show, within ``max_rounds`` and the
-time budget; then it looks after every round, spending its error rate by a group-sequential design, and
+time budget; then it looks after the rounds of ``sequential.look_rounds``, spending its error rate by a
+group-sequential design, and
 stops as soon as a regression fails the run, or every gated comparison is decided (``regressed``,
 ``improved`` or ``unchanged``), at the planned rounds, or when another round would not fit in the budget.
 A decision made at a look stands.
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_llmperf.gate.sequential import look_rounds
 from pytest_llmperf.gate.verdict import DEFAULT_ALPHA, Comparison, Look, Outcome, Verdict
 
 #: pytest exit codes after which a process's measurements count: all passed, or some tests failed
@@ -226,13 +228,16 @@ def run_rounds(config: AbConfig, run_round: Callable[[int], None], compare: Call
         rounds += 1
         if rounds < config.min_rounds:
             continue
-        comparisons = compare()
-        if rounds == config.min_rounds:
-            planned = planned_rounds(comparisons, config)
-            log(f"llmperf ab: {planned} round(s) planned to detect a {config.detect:.0%} change with 80 % power")
         per_round = (clock() - started) / rounds
         out_of_time = config.time_budget_s is not None and clock() - started + per_round > config.time_budget_s
+        comparisons = compare() if rounds == config.min_rounds else None
+        if comparisons is not None:
+            planned = planned_rounds(comparisons, config)
+            log(f"llmperf ab: {planned} round(s) planned to detect a {config.detect:.0%} change with 80 % power")
         final = rounds >= planned or out_of_time
+        if not final and rounds not in look_rounds(config.min_rounds, planned):
+            continue
+        comparisons = comparisons or compare()
         look = Look(rounds=rounds, first=config.min_rounds, planned=max(planned, rounds), final=final)
         verdicts = [decided.get(v.subject.series_key, v) for v in judge(comparisons, alpha=config.alpha, look=look)]
         decided.update({v.subject.series_key: v for v in verdicts if _decided(v)})
@@ -242,7 +247,7 @@ def run_rounds(config: AbConfig, run_round: Callable[[int], None], compare: Call
                 log(f"llmperf ab: stopping after {rounds} of {planned} round(s): the next would not fit in "
                     f"the time budget of {config.time_budget_s:g} s")
             break
-        log(f"llmperf ab: {len(open_questions)} gated comparison(s) open after {rounds} round(s): one more round")
+        log(f"llmperf ab: {len(open_questions)} gated comparison(s) open after {rounds} round(s): more rounds")
     return rounds, verdicts
 
 

@@ -22,7 +22,7 @@ def process_value(values: Sequence[float]) -> float:
     """One process's value of a series, on the log scale: the log of the median of its trials (or its value)."""
     if len(values) == 0:
         raise ValueError("a process value needs at least one measurement")
-    m = float(median(values))
+    m = float(values[0] if len(values) == 1 else median(values))
     if m <= 0:
         raise ValueError(f"a process value needs positive measurements, got a median of {m}")
     return math.log(m)

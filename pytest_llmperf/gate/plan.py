@@ -4,7 +4,7 @@ All on the log scale of ``noise``: with between-process SD ``sd`` and ``n`` proc
 difference of the sides has standard error ``sd * sqrt(2 / n)``; a one-sided test at ``level`` catches a
 worse change of ``delta`` (log) with ``power`` when ``delta >= (z_level + z_power) * se``. The group-sequential
 design (``sequential``) needs slightly more processes at its last look than a single test does
-(``SEQUENTIAL_INFLATION``, about 3 % for O'Brien-Fleming-type spending over many looks).
+(``SEQUENTIAL_INFLATION``: about 9 % for the power-family spending over 10-20 looks at the levels a suite uses).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from scipy.stats import norm
 from pytest_llmperf.gate.noise import NoiseParts
 
 DEFAULT_POWER = 0.8
-SEQUENTIAL_INFLATION = 1.03
+SEQUENTIAL_INFLATION = 1.09
 
 
 def _z_sum(level: float, power: float) -> float:

@@ -2,9 +2,12 @@
 
 A/B rounds add processes until the answer is clear. Testing again at the full level after every round
 (optional stopping) lets a false alarm through at any of them; here each look spends part of the level
-instead, by the Lan-DeMets spending function of O'Brien-Fleming type, ``f(t) = 2 - 2 Phi(z_{1-a/2} / sqrt t)``
-for information fraction ``t`` (processes so far / processes planned), so that early looks stop only on
-a clear difference and the last look keeps nearly the whole level.
+instead, by the power-family spending function ``f(t) = alpha * t**2`` (Kim and DeMets) for information
+fraction ``t`` (processes so far / processes planned): between Pocock's (early looks stop easily, the last
+needs many more processes) and O'Brien-Fleming's (early looks almost never stop); simulated on the H100
+noise it stops a 20 % loss at about 16 processes a side where O'Brien-Fleming-type spending needs 29-34,
+and its last look needs about 9 % more processes than a single test. Looks come after every round at
+first, then whenever the rounds have grown by a quarter (``look_rounds``).
 
 The z-statistics of successive looks are those of a Brownian motion observed at ``t_1 < t_2 < ...``; the
 boundary ``c_k`` solves ``P(Z_1 < c_1, ..., Z_{k-1} < c_{k-1}, Z_k >= c_k) = f(t_k) - f(t_{k-1})``, computed by
@@ -16,6 +19,7 @@ equivalence test, see ``verdict``) only ever stops earlier, which can only lower
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -24,15 +28,16 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 
 _GRID = 2001  # points of the density grid per look
+_NEGLIGIBLE = 1e-15
+
+
+#: the exponent of the power-family spending function
+SPENDING_POWER = 2.0
 
 
 def spent(alpha: float, fraction: float) -> float:
-    """The one-sided level spent by information fraction ``fraction`` (O'Brien-Fleming-type spending)."""
-    if fraction <= 0:
-        return 0.0
-    if fraction >= 1:
-        return alpha
-    return float(2 - 2 * norm.cdf(norm.ppf(1 - alpha / 2) / np.sqrt(fraction)))
+    """The one-sided level spent by information fraction ``fraction``: ``alpha * fraction ** 2``."""
+    return alpha * min(max(fraction, 0.0), 1.0) ** SPENDING_POWER
 
 
 @lru_cache(maxsize=4096)
@@ -46,7 +51,7 @@ def _boundaries(alpha: float, fractions: tuple[float, ...], cumulative: tuple[fl
         increment = total - previous_spent
         previous_spent = total
         if k == 0:
-            c = float(norm.isf(increment)) if increment > 0 else np.inf
+            c = float(norm.isf(increment)) if increment > _NEGLIGIBLE else np.inf
             bounds.append(c)
             top = c * np.sqrt(t) if np.isfinite(c) else 12 * np.sqrt(t)
             grid = np.linspace(-12 * np.sqrt(t), top, _GRID)
@@ -59,7 +64,7 @@ def _boundaries(alpha: float, fractions: tuple[float, ...], cumulative: tuple[fl
         def exceed(b: float, weights: np.ndarray = weights, grid: np.ndarray = grid, step: float = step) -> float:
             return float(np.sum(weights * norm.sf((b - grid) / step)))
 
-        if increment <= 0:
+        if increment <= _NEGLIGIBLE:  # a look that may spend less than this rejects nothing (z beyond ~8)
             c = np.inf
         else:
             low, high = -20 * np.sqrt(t), 20 * np.sqrt(t)
@@ -73,6 +78,13 @@ def _boundaries(alpha: float, fractions: tuple[float, ...], cumulative: tuple[fl
     return tuple(bounds)
 
 
+@lru_cache(maxsize=4096)
+def _design(alpha: float, fractions: tuple[float, ...], stop_at: int | None) -> tuple[float, ...]:
+    last = len(fractions) - 1 if stop_at is None else stop_at
+    cumulative = tuple(spent(alpha, f) if i < last else alpha for i, f in enumerate(fractions[: last + 1]))
+    return _boundaries(alpha, fractions[: last + 1], cumulative)
+
+
 def boundaries(alpha: float, fractions: Sequence[float], *, stop_at: int | None = None) -> tuple[float, ...]:
     """z-boundaries of the looks at these information fractions (increasing, the planned last one 1.0).
 
@@ -80,23 +92,36 @@ def boundaries(alpha: float, fractions: Sequence[float], *, stop_at: int | None 
     fractions = tuple(float(f) for f in fractions)
     if not fractions or any(b <= a for a, b in zip(fractions, fractions[1:], strict=False)) or fractions[0] <= 0:
         raise ValueError(f"information fractions must increase from above 0, got {fractions}")
-    last = len(fractions) - 1 if stop_at is None else stop_at
-    cumulative = tuple(spent(alpha, f) if i < last else alpha for i, f in enumerate(fractions[: last + 1]))
-    return _boundaries(float(alpha), fractions[: last + 1], cumulative)
+    return _design(float(alpha), fractions, stop_at)
 
 
-def round_fractions(first: int, planned: int) -> tuple[float, ...]:
-    """Information fractions of looks after rounds ``first``, ``first + 1``, ... ``planned``."""
+#: after the first looks, the next look comes when the rounds have grown by this factor
+LOOK_GROWTH = 1.25
+
+
+@lru_cache(maxsize=1024)
+def look_rounds(first: int, planned: int) -> tuple[int, ...]:
+    """The rounds after which a run of ``planned`` rounds looks: every round up to ``first + 3``, then each
+    about 25 % after the last (2, 3, 4, 5, 7, 9, 12, 15, ... planned). Few looks cost little level; a look
+    whose rounds grew by a quarter can only be a quarter late."""
     if not 1 <= first <= planned:
         raise ValueError(f"the first look ({first}) must lie in 1..{planned} rounds")
-    return tuple(r / planned for r in range(first, planned + 1))
+    looks, r = [], first
+    while r < planned:
+        looks.append(r)
+        r = r + 1 if r < first + 3 else max(r + 1, math.ceil(r * LOOK_GROWTH))
+    return (*looks, planned)
 
 
 def nominal_level(alpha: float, rounds: int, *, first: int, planned: int, final: bool = False) -> float:
-    """The one-sided p-value threshold of the look after ``rounds`` rounds, in a design that looks after
-    every round from ``first`` to ``planned``. ``final``: the run stops here (also before ``planned``)."""
-    if not first <= rounds <= planned:
-        raise ValueError(f"a look after {rounds} rounds is outside the planned {first}..{planned}")
-    look = rounds - first
-    z = boundaries(alpha, round_fractions(first, planned), stop_at=look if final else None)[look]
+    """The one-sided p-value threshold of the look after ``rounds`` rounds (one of ``look_rounds``, or any
+    round when ``final``: the run stops there, also before ``planned``)."""
+    looks = look_rounds(first, planned)
+    if final and rounds not in looks:
+        looks = (*(r for r in looks if r < rounds), rounds)
+    if rounds not in looks:
+        raise ValueError(f"a design of {planned} rounds from {first} does not look after {rounds} rounds: "
+                         f"it looks after {', '.join(map(str, looks))}")
+    look = looks.index(rounds)
+    z = boundaries(alpha, tuple(r / planned for r in looks), stop_at=look if final else None)[look]
     return float(norm.sf(z))
