@@ -202,6 +202,7 @@ def test_pr_workflow_measures_merge_base_against_head(workflows):
     assert '--head "${{ github.event.pull_request.head.sha }}"' in ab
     assert '--base "$BASE_SHA"' in ab
     assert "--db " in ab and "--report-dir " in ab
+    assert "--time-budget=180m" in ab  # the sequential rounds stop well inside the job's 240 minutes
     assert ab.endswith("-- suites/")
     assert "|| true" not in ab and "continue-on-error" not in str(steps(pr))
 
