@@ -186,6 +186,27 @@ def history_run(sim: Simulator, slowdown: float, *, age: int, length: int = 30) 
     return any(v.fails for v in verdicts), changed.outcome.value, 1
 
 
+def calibration_check(sim: Simulator, *, calibrations: int, runs: int, rounds: int) -> list[dict[str, object]]:
+    """``calibrate``'s predicted detectable change (80 % power, ``rounds`` processes a side), checked: A/B runs of
+    that many rounds with the changed series slower by the prediction, and the share that finds it."""
+    from pytest_llmperf.gate.calibrate import series_noise
+
+    tests = len(TESTS) * (len(BATCHES) * sum(m in GATED_METRICS for m in METRICS) + 1)
+    config = AbConfig(repo=Path("."), base="a", head="b", db=Path("x.db"), pytest_args=(), min_rounds=rounds,
+                      max_rounds=rounds)
+    out = []
+    for _ in range(calibrations):
+        prior = pooled(_prior_groups(sim)[CHANGED], "history")
+        calibration = [[sim.process()[CHANGED]] for _ in range(2 * rounds)]  # an A/A calibration of these rounds
+        predicted = series_noise(calibration, prior=prior, rounds=rounds, level=DEFAULT_ALPHA / tests,
+                                 detect=0.1, trials=False).detectable
+        assert predicted is not None
+        loss = 1 - 1 / (1 + predicted)  # the same log change, as throughput lost
+        found = sum(ab_run(sim, loss, history=True, config=config)[1] == Outcome.REGRESSED.value for _ in range(runs))
+        out.append({"predicted": predicted, "loss": loss, "power": found / runs, "power_ci": _wilson(found, runs)})
+    return out
+
+
 def z_reference(sd: float, change: float, level: float, power: float) -> int:
     """Processes per side of a one-sided z-test with known SD: ``change`` of throughput lost."""
     delta = -math.log(1 - change)
@@ -214,6 +235,9 @@ def main() -> None:
     parser.add_argument("--changes", default="0,0.05,0.1,0.2")
     parser.add_argument("--max-rounds", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibrations", type=int, default=20,
+                        help="simulated calibrations whose predicted detectable change is checked (0: none)")
+    parser.add_argument("--calibrate-rounds", type=int, default=12)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     rows = []
@@ -226,8 +250,21 @@ def main() -> None:
         sim = Simulator(source, rng)
         tests = len(TESTS) * (len(BATCHES) * sum(m in GATED_METRICS for m in METRICS) + 1)
         sd = source.process_sd
+        if args.calibrations:
+            checks = calibration_check(sim, calibrations=args.calibrations, runs=args.runs // args.calibrations,
+                                       rounds=args.calibrate_rounds)
+            rows += [{"cell": f"{name} calibrate", **row} for row in checks]
+            found = sum(round(r["power"] * (args.runs // args.calibrations)) for r in checks)
+            total = args.calibrations * (args.runs // args.calibrations)
+            low, high = _wilson(found, total)
+            predicted = sorted(r["predicted"] for r in checks)
+            print(f"<!-- {name}: {args.calibrations} simulated calibrations predicted a change of "
+                  f"{predicted[0]:.0%}-{predicted[-1]:.0%} (median {predicted[len(predicted) // 2]:.0%}) detectable with "
+                  f"80 % power at {args.calibrate_rounds} processes a side; A/B runs of those rounds, each at its "
+                  f"calibration's prediction, found it in {found / total:.1%} [{low:.1%}, {high:.1%}] of {total} runs "
+                  "-->", flush=True)
         for mode in args.modes.split(","):
-            for change in (float(c) for c in args.changes.split(",")):
+            for change in (float(c) for c in args.changes.split(",") if c):
                 config = AbConfig(repo=Path("."), base="a", head="b", db=Path("x.db"), pytest_args=(),
                                   max_rounds=args.max_rounds)
                 if mode == "history":

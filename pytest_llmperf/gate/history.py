@@ -9,7 +9,8 @@ marker's ``accept_regression``) starts a new level: later comparisons only use r
 Each run counts once. A regression sits in the newest runs, and one run against a history as noisy as a
 GPU's (13 % between runs) cannot show a 10 % step; the mean of the newest few can. So every series is
 tested in windows: the newest run alone, and the newest 3 and 5 (``RECENT_WINDOWS``), each against the
-``runs`` runs before it, with the noise of up to ``NOISE_RUNS_FACTOR`` times as many. The windows share the
+``runs`` runs before it, with the noise of up to ``NOISE_RUNS_FACTOR`` times as many. A run on another
+branch (a pull request) is tested alone: the baseline branch's newest runs are not its level. The windows share the
 series' part of the run's level (Bonferroni), so a sustained shift fails a run within a few runs without
 raising the false-alarm rate per run.
 """
@@ -90,7 +91,9 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
                         exclude: tuple[str, ...] = ()) -> list[Comparison]:
     """One comparison per gated series of ``run_id``, against its history on ``baseline.branch``
     (without the runs in ``exclude``)."""
-    started_at, _ = _run_row(db, run_id)
+    started_at, branch = _run_row(db, run_id)
+    # the newest runs of the baseline branch continue this run's level only when it is on that branch
+    sizes = RECENT_WINDOWS if branch == baseline.branch else RECENT_WINDOWS[:1]
     current = load_samples(db, [run_id], baseline.metrics)
     candidates = _candidate_runs(db, baseline.branch, started_at, (run_id, *exclude))
     history = load_samples(db, [r for r, _ in candidates], baseline.metrics)
@@ -129,18 +132,19 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
                                   gated=subject.metric in GATED_METRICS))
             continue
         values = [median(earlier.per_run[r]) for r in level_runs]  # type: ignore[union-attr]
-        evidence, windows = recent_windows(values, median(head), baseline.runs, metric(subject.metric).better)
+        evidence, windows = recent_windows(values, median(head), baseline.runs, metric(subject.metric).better,
+                                           sizes=sizes)
         out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted,
                               gated=subject.metric in GATED_METRICS, windows=windows))
     return out
 
 
 def recent_windows(earlier: list[float], current: float, runs: int, better: Better,
-                   ) -> tuple[Evidence, tuple[Evidence, ...]]:
+                   sizes: tuple[int, ...] = RECENT_WINDOWS) -> tuple[Evidence, tuple[Evidence, ...]]:
     """The windows of the newest runs against the runs before each: (the one that is most against the newest
     runs, all of them). ``earlier``: one value per earlier run, newest first, at least ``MIN_BASELINE_RUNS``."""
     windows = []
-    for size in RECENT_WINDOWS:
+    for size in sizes:
         recent = [current, *earlier[: size - 1]]
         before = earlier[size - 1:]
         if len(recent) < size or len(before) < MIN_BASELINE_RUNS:
