@@ -38,7 +38,7 @@ from scipy.stats import norm
 
 from pytest_llmperf.gate.ab import AbConfig, run_rounds
 from pytest_llmperf.gate.evidence import compare_processes
-from pytest_llmperf.gate.history import recent_windows
+from pytest_llmperf.gate.history import HISTORY_ALPHA, recent_windows
 from pytest_llmperf.gate.noise import noise_parts, pooled
 from pytest_llmperf.gate.verdict import DEFAULT_ALPHA, Comparison, Outcome, judge
 from pytest_llmperf.measure.metrics import GATED_METRICS, Better, metric
@@ -63,9 +63,10 @@ class Source:
     rho: float
 
 
-def load_source(name: str) -> Source:
+def load_source(name: str, config: str) -> Source:
+    """``config``: the recorded configuration to use where the data has several (``record_noise.py``)."""
     data = json.loads((DATA / f"{name}_noise.json").read_text())
-    jobs = [j for j in data["jobs"] if j.get("config", "all") == "all"]
+    jobs = [j for j in data["jobs"] if j.get("config", config) == config]
     sizes = sorted({t["bs"] for j in jobs for t in j["trials"]})
     deviations, between, medians, process_sd = {}, {}, {}, 0.0
     for bs in sizes:
@@ -181,7 +182,7 @@ def history_run(sim: Simulator, slowdown: float, *, age: int, length: int = 30) 
         values = [r[s.series_key] for r in runs]
         evidence, windows = recent_windows(values[-2::-1], values[-1], 10, metric(s.metric).better)
         comparisons.append(Comparison(s, evidence, "main", gated=s.metric in GATED_METRICS, windows=windows))
-    verdicts = judge(comparisons)
+    verdicts = judge(comparisons, alpha=HISTORY_ALPHA)
     changed = next(v for v in verdicts if v.subject.series_key == CHANGED)
     return any(v.fails for v in verdicts), changed.outcome.value, 1
 
@@ -235,6 +236,8 @@ def main() -> None:
     parser.add_argument("--changes", default="0,0.05,0.1,0.2")
     parser.add_argument("--max-rounds", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-config", default="one-core",
+                        help="the recorded configuration of the CPU noise (default: what llmperf ab does, %(default)s)")
     parser.add_argument("--calibrations", type=int, default=20,
                         help="simulated calibrations whose predicted detectable change is checked (0: none)")
     parser.add_argument("--calibrate-rounds", type=int, default=12)
@@ -245,7 +248,7 @@ def main() -> None:
           "processes/side mean (max) | z-test processes/side, same per-run rate [one test] |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.sources.split(","):
-        source = load_source(name)
+        source = load_source(name, args.cpu_config)
         rng = np.random.default_rng(args.seed)
         sim = Simulator(source, rng)
         tests = len(TESTS) * (len(BATCHES) * sum(m in GATED_METRICS for m in METRICS) + 1)

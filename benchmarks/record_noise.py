@@ -9,7 +9,8 @@ rotates), so that a drift of the machine over the recording falls on every confi
   (what ``llmperf ab`` does by default);
 * ``no-pinning``: no CPU affinity and no thread-count variables;
 * ``gc-on``: the garbage collector may run inside timed trials;
-* ``one-core``: pinned to the first core alone, one thread.
+* ``one-core``: pinned to the first core alone, one thread;
+* ``one-thread``: pinned to the cores this command may use, one thread.
 
 Writes every process's trials to a JSON file in the format of the H100 noise data (``jobs``, each with
 ``load_s`` and ``trials`` of ``bs``, ``e2e_s``, ``ttft_s``) plus each job's configuration, the load average
@@ -49,22 +50,25 @@ def test_generate(llm):
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def configurations(cores: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """name -> (cores to pin to, () for none; whether the GC may run inside trials)."""
-    return {"all": (cores, False), "no-pinning": ((), False), "gc-on": (cores, True), "one-core": ((cores[0],), False)}
+def configurations(cores: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], bool, int | None]]:
+    """name -> (cores to pin to, () for none; whether the GC may run inside trials; threads, None: the library's
+    default, without pinning)."""
+    return {"all": (cores, False, len(cores)), "no-pinning": ((), False, None), "gc-on": (cores, True, len(cores)),
+            "one-core": ((cores[0],), False, 1), "one-thread": (cores, False, 1)}
 
 
-def _environment(cpus: tuple[int, ...], gc_on: bool) -> dict[str, str]:
+def _environment(threads: int | None, gc_on: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _THREAD_VARIABLES}
     env[GC_DURING_TRIALS_ENV] = "1" if gc_on else "0"
     env["PYTHONHASHSEED"] = "0"
-    if cpus:
+    if threads is not None:
         for name in _THREAD_VARIABLES:
-            env[name] = str(len(cpus))
+            env[name] = str(threads)
     return env
 
 
-def run_process(project: Path, db: Path, args: argparse.Namespace, cpus: tuple[int, ...], gc_on: bool) -> str:
+def run_process(project: Path, db: Path, args: argparse.Namespace, cpus: tuple[int, ...], gc_on: bool,
+                threads: int | None) -> str:
     """One pytest process; the id of the run it recorded."""
     label = f"noise-{time.time_ns()}"
     command = [sys.executable, "-m", "pytest", "--llmperf", f"--llmperf-db={db}", f"--llmperf-label={label}",
@@ -76,7 +80,7 @@ def run_process(project: Path, db: Path, args: argparse.Namespace, cpus: tuple[i
         if cpus:
             os.sched_setaffinity(0, cpus)
 
-    done = subprocess.run(command, cwd=project, env=_environment(cpus, gc_on), preexec_fn=pin,
+    done = subprocess.run(command, cwd=project, env=_environment(threads, gc_on), preexec_fn=pin,
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"a recording process failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -136,10 +140,10 @@ def main() -> None:
         for round_ in range(args.processes):
             order = names[round_ % len(names):] + names[:round_ % len(names)]
             for name in order:
-                cpus, gc_on = chosen[name]
+                cpus, gc_on, threads = chosen[name]
                 load_at_start = os.getloadavg()[0]
                 started = time.perf_counter()
-                run_id = run_process(project, db, args, cpus, gc_on)
+                run_id = run_process(project, db, args, cpus, gc_on, threads)
                 job = {"config": name, "round": round_, "load_avg_1m_at_start": load_at_start,
                        "wall_s": time.perf_counter() - started, **job_record(db, run_id)}
                 jobs.append(job)

@@ -81,16 +81,17 @@ class RunSession:
         """
         from pytest_llmperf.environment import default_branch
         from pytest_llmperf.gate.confirm import reconcile
-        from pytest_llmperf.gate.history import HistoryBaseline, history_comparisons
+        from pytest_llmperf.gate.history import HISTORY_ALPHA, HistoryBaseline, history_comparisons
         from pytest_llmperf.gate.verdict import judge
 
         baseline = HistoryBaseline(branch=self.settings.baseline_branch or default_branch(project_root),
                                    runs=self.settings.baseline_runs)
-        verdicts = judge(history_comparisons(self.store.db, self.run_id, baseline))
+        verdicts = judge(history_comparisons(self.store.db, self.run_id, baseline), alpha=HISTORY_ALPHA)
         failing = [v.subject.test_id for v in verdicts if v.fails]
         if confirm is not None and failing:
             rerun_id = confirm(failing)
-            rerun = judge(history_comparisons(self.store.db, rerun_id, baseline, exclude=(self.run_id,))) \
+            rerun = judge(history_comparisons(self.store.db, rerun_id, baseline, exclude=(self.run_id,)),
+                          alpha=HISTORY_ALPHA) \
                 if rerun_id else []
             verdicts = reconcile(verdicts, rerun, rerun_id)
         self.store.record_verdicts(self.run_id, verdicts, baseline_kind="history")

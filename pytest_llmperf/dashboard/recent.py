@@ -23,7 +23,8 @@ from pytest_llmperf.gate.history import (
     HistoryBaseline,
     recent_windows,
 )
-from pytest_llmperf.gate.verdict import DEFAULT_ALPHA, Comparison, Outcome, judge
+from pytest_llmperf.gate.history import HISTORY_ALPHA
+from pytest_llmperf.gate.verdict import Comparison, Outcome, judge
 from pytest_llmperf.measure.metrics import Better, metric
 
 #: the runs before a window that form its baseline: the gate's default
@@ -77,7 +78,7 @@ def recent_comparisons(series: Series, runs: int = BASELINE_RUNS) -> tuple[Compa
             Comparison(series.subject, favour, where, windows=windows))
 
 
-def recent_shifts(series: Iterable[Series], *, alpha: float = DEFAULT_ALPHA, runs: int = BASELINE_RUNS,
+def recent_shifts(series: Iterable[Series], *, alpha: float = HISTORY_ALPHA, runs: int = BASELINE_RUNS,
                   ) -> dict[tuple[str, str], RecentShift]:
     """(series key, branch) -> its recent shift, for the series whose newest runs moved; a regression first
     where both are found. All series are judged together: ``alpha`` is the chance that a build of series

@@ -237,7 +237,8 @@ def run_rounds(config: AbConfig, run_round: Callable[[int], None], compare: Call
         final = rounds >= planned or out_of_time
         if not final and rounds not in look_rounds(config.min_rounds, planned):
             continue
-        comparisons = comparisons or compare()
+        if comparisons is None:
+            comparisons = compare()
         look = Look(rounds=rounds, first=config.min_rounds, planned=max(planned, rounds), final=final)
         verdicts = [decided.get(v.subject.series_key, v) for v in judge(comparisons, alpha=config.alpha, look=look)]
         decided.update({v.subject.series_key: v for v in verdicts if _decided(v)})

@@ -47,7 +47,8 @@ def series_noise(processes: Sequence[Sequence[float]], *, prior: ProcessNoise | 
     parts = noise_parts(processes) if trials else None
     if noise is None:
         return SeriesNoise(parts, None, None, None)
-    return SeriesNoise(parts, noise, detectable(noise.sd, rounds, level),
+    # an A/B run of ``rounds`` will pool this noise with its own 2 (rounds - 1) degrees of freedom
+    return SeriesNoise(parts, noise, detectable(noise.sd, rounds, level, df=noise.df + 2 * rounds - 2),
                        processes_needed(noise.sd, detect, level))
 
 

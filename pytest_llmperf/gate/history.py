@@ -35,6 +35,10 @@ from pytest_llmperf.gate.verdict import Comparison
 from pytest_llmperf.measure.metrics import COMPARED_METRICS, GATED_METRICS, Better, Sampling, metric
 
 MIN_BASELINE_RUNS = 3
+#: the share of runs of unchanged code that may fail in history mode. A window of one run rests on the tail of
+#: one run's value, and GPU timings have heavier tails than the t-test assumes (on the H100 noise a nominal
+#: 1 % gave 1.0-1.07 % of runs failing at Bonferroni levels near 1e-4), so history mode spends 0.8 %
+HISTORY_ALPHA = 0.008
 #: how many of the newest runs (the current one included) each window averages
 RECENT_WINDOWS = (1, 3, 5)
 #: the noise of a window's baseline comes from up to this many times ``runs`` runs before the window

@@ -20,7 +20,12 @@ DEFAULT_POWER = 0.8
 SEQUENTIAL_INFLATION = 1.09
 
 
-def _z_sum(level: float, power: float) -> float:
+def _z_sum(level: float, power: float, df: int | None = None) -> float:
+    """z_{1-level} + z_{power}, or Student's t quantiles with ``df`` degrees of freedom (an estimated SD)."""
+    if df:
+        from scipy.stats import t as student_t
+
+        return float(student_t.isf(level, df) + student_t.ppf(power, df))
     return float(norm.isf(level) + norm.ppf(power))
 
 
@@ -34,9 +39,11 @@ def processes_needed(sd: float, change: float, level: float, power: float = DEFA
     return max(2, math.ceil(n))
 
 
-def detectable(sd: float, processes: int, level: float, power: float = DEFAULT_POWER) -> float:
-    """The worse change (as a fraction) that ``processes`` per side catch with ``power`` at ``level``."""
-    return math.expm1(_z_sum(level, power) * sd * math.sqrt(2 / max(processes, 1)))
+def detectable(sd: float, processes: int, level: float, power: float = DEFAULT_POWER, *, df: int | None = None,
+               ) -> float:
+    """The worse change (as a fraction) that ``processes`` per side catch with ``power`` at ``level``; ``df``:
+    the degrees of freedom of the SD the comparison will use (None: known)."""
+    return math.expm1(_z_sum(level, power, df) * sd * math.sqrt(2 / max(processes, 1)))
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ def _worse_log(log_change: float, better: Better) -> float:
 
 def _as_change(worse_log: float, better: Better) -> float:
     """A worse-direction log change as a fraction of the metric (a 20 % throughput loss is 0.2)."""
+    if worse_log > 700:  # beyond any float ratio: an interval too wide to say anything
+        return 1.0 if better is Better.HIGHER else math.inf
     return worse_change(math.exp(-worse_log if better is Better.HIGHER else worse_log), better)
 
 

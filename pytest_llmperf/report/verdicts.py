@@ -35,8 +35,7 @@ def _cells(v: Verdict) -> list[str]:
         change = ("+" if e.abs_change >= 0 else "-") + format_value(s.metric, abs(e.abs_change))
         ratio = f"{e.ratio:.3f}"
         ci = f"{e.ci_low:.3f}-{e.ci_high:.3f}" if e.method != "tolerance" else "-"
-        kind = {"prediction interval": "t", "tolerance": ""}.get(e.method, "U")
-        statistic = "-" if e.statistic is None else f"{kind}={e.statistic:.3g}"
+        statistic = "-" if e.statistic is None else f"t={e.statistic:.3g}"
     p = "-" if v.p_worse is None else f"{v.p_worse:.2g}"
     n = "-" if e is None else f"{e.n_base}/{e.n_head}"
     return [_outcome(v), s.test_id, "-" if s.batch_size is None else str(s.batch_size), s.metric, base, head,
