@@ -159,7 +159,8 @@ def _record(args: argparse.Namespace, cores: tuple[int, ...], jobs: list[dict]) 
         "python": platform.python_version(),
         "model": f"{args.model}, hf backend, float32, prompt 32, 100 new tokens, greedy, {args.trials} trials "
                  f"after one warm-up per batch size",
-        "command": " ".join(["benchmarks/record_noise.py", *sys.argv[1:]]),
+        "command": " ".join(["benchmarks/record_noise.py",
+                             *(os.path.relpath(a) if os.path.isabs(a) else a for a in sys.argv[1:])]),
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "jobs": jobs,
     }
