@@ -38,8 +38,9 @@ def _add_ab_arguments(parser: argparse.ArgumentParser, *, rounds: int) -> None:
                         help="directories of each worktree put first on PYTHONPATH, comma-separated "
                              "(default: '.'; 'src' for a src layout)")
     parser.add_argument("--cpus", type=_cpus, metavar="LIST",
-                        help="pin every process to these cores, e.g. 0-7 (default: the cores this command may use; "
-                             "'none': no pinning)")
+                        help="pin every process to these cores, e.g. 0-7 for a rank per core (default: the first "
+                             "core this command may use; 'none': no pinning); threads are 1 unless OMP_NUM_THREADS "
+                             "is set")
     parser.add_argument("--keep-worktrees", action="store_true", help="leave the worktrees for inspection")
     parser.add_argument("--report-dir", metavar="DIR",
                         help="write verdicts.md, run.json and benchmark.json here")

@@ -12,9 +12,11 @@ group-sequential design, and
 stops as soon as a regression fails the run, or every gated comparison is decided (``regressed``,
 ``improved`` or ``unchanged``), at the planned rounds, or when another round would not fit in the budget.
 A decision made at a look stands.
-Noise the tool can remove it removes:
-each process is pinned to the same CPU cores with fixed thread counts, and the measurement pauses the
-garbage collector inside trials.
+
+Noise the tool can remove it removes: each process is pinned to one CPU core with one thread (measured on
+a busy 2-core machine, 20 processes per configuration: the spread between processes fell from about 100 %
+with both cores and two threads to about 30 %), and the measurement pauses the garbage collector inside
+trials. Multi-rank backends start their ranks from the pinned process: give them a core each (``--cpus``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class AbConfig:
     head_python: str | None = None
     #: directories inside a worktree put first on PYTHONPATH ("." for a flat layout, "src" for a src layout)
     pythonpath: tuple[str, ...] = (".",)
-    #: pin every process to these CPU cores (None: the cores this process may use); () to not pin
+    #: pin every process to these CPU cores (None: the first core this process may use); () to not pin
     cpus: tuple[int, ...] | None = None
     keep_worktrees: bool = False
     report_dir: Path | None = None
@@ -119,11 +121,15 @@ def process_env(side: Side, config: AbConfig, cpus: tuple[int, ...]) -> dict[str
     paths = [str(side.worktree / p) for p in config.pythonpath]
     env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     env["PYTHONHASHSEED"] = "0"
-    if cpus:
-        threads = str(len(cpus))
+    if cpus:  # one thread, unless the caller chose: threads that contend for cores spread the processes apart
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env.setdefault(name, threads)
+            env.setdefault(name, "1")
     return env
+
+
+def default_cpus() -> tuple[int, ...]:
+    """One core: the first this process may use."""
+    return (min(os.sched_getaffinity(0)),)
 
 
 def process_command(side: Side, config: AbConfig) -> list[str]:
@@ -253,7 +259,7 @@ def run_rounds(config: AbConfig, run_round: Callable[[int], None], compare: Call
 
 
 def run_ab(config: AbConfig, log: Callable[[str], None] = print) -> AbResult:
-    cpus = tuple(sorted(os.sched_getaffinity(0))) if config.cpus is None else config.cpus
+    cpus = default_cpus() if config.cpus is None else config.cpus
     base, head = _sides(config)
 
     def run_round(index: int) -> None:
