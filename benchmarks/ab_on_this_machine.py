@@ -91,7 +91,7 @@ def run_ab(root: Path, base: str, head: str, args: argparse.Namespace) -> tuple[
 
 def summary(output: str) -> str:
     head = re.search(r"llmperf gate: .*", output)
-    rounds = re.search(r"after (\d+) round", output)
+    rounds = re.search(r"llmperf gate: .* after (\d+) round", output)
     planned = re.search(r"(\d+) round\(s\) planned", output)
     return (f"{head.group(0) if head else 'no verdict line'}; rounds {rounds.group(1) if rounds else '?'}"
             f"{'/' + planned.group(1) if planned else ''}")

@@ -41,7 +41,7 @@ from pytest_llmperf.gate.evidence import compare_processes
 from pytest_llmperf.gate.history import HISTORY_ALPHA, recent_windows
 from pytest_llmperf.gate.noise import noise_parts, pooled
 from pytest_llmperf.gate.verdict import DEFAULT_ALPHA, Comparison, Outcome, judge
-from pytest_llmperf.measure.metrics import GATED_METRICS, Better, metric
+from pytest_llmperf.measure.metrics import GATED_METRICS, metric
 from pytest_llmperf.series import Subject
 
 DATA = Path(__file__).parent / "data"
@@ -273,12 +273,13 @@ def main() -> None:
                 if mode == "history":
                     for age in (1, 3, 5) if change else (1,):
                         row = cell(f"{name} history {change:.0%} age {age}", args.runs,
-                                   lambda c=change, a=age: history_run(sim, c, age=a))
+                                   lambda c=change, a=age, sim=sim: history_run(sim, c, age=a))
                         rows.append(row)
                         print(_line(name, f"history, change {age} run(s) old", change, row, "-"), flush=True)
                     continue
                 row = cell(f"{name} {mode} {change:.0%}", args.runs,
-                           lambda c=change, m=mode: ab_run(sim, c, history=m == "ab", config=config))
+                           lambda c=change, m=mode, sim=sim, config=config: ab_run(sim, c, history=m == "ab",
+                                                                                config=config))
                 power = 0.95 if change >= 0.2 else 0.8
                 reference = "-" if not change else (
                     f"{z_reference(sd, change, DEFAULT_ALPHA / tests, power)} "

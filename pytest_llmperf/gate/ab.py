@@ -205,11 +205,10 @@ def planned_rounds(comparisons: list[Comparison], config: AbConfig) -> int:
     now (the history's and the first rounds'), between the minimum and the maximum rounds."""
     from pytest_llmperf.gate.plan import processes_needed
 
-    stats = [c for c in comparisons if c.gated and c.evidence is not None and c.evidence.se_log is not None]
-    tests = max(len(stats), 1)
+    sds = [e.se_log / math.sqrt(1 / e.n_base + 1 / e.n_head) for c in comparisons
+           if c.gated and (e := c.evidence) is not None and e.se_log is not None]
+    tests = max(len(sds), 1)
     needed = config.max_rounds
-    sds = [c.evidence.se_log / math.sqrt(1 / c.evidence.n_base + 1 / c.evidence.n_head)  # type: ignore[union-attr]
-           for c in stats]
     if sds and all(math.isfinite(sd) for sd in sds):
         needed = max(processes_needed(sd, config.detect, config.alpha / tests) for sd in sds)
     return min(max(needed, config.min_rounds), config.max_rounds)

@@ -8,6 +8,7 @@ size that ran out of memory on the head but not on the base is a regression with
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from pytest_llmperf.gate.evidence import compare_fixed, compare_processes, is_constant
@@ -59,18 +60,17 @@ def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = COMPARED_METR
         s = samples.subject
         effect = min_effect_for(effects, s.test_id, s.metric)
         accepted = next((r for run in head_runs if (r := accepted_reason(accepted_rows, run, s))), None)
-        common = {"baseline": where, "baseline_run_ids": tuple(base_runs), "min_effect": effect, "accepted": accepted,
-                  "gated": s.metric in GATED_METRICS}
+        compared = partial(Comparison, s, baseline=where, baseline_run_ids=tuple(base_runs), min_effect=effect,
+                           accepted=accepted, gated=s.metric in GATED_METRICS)
         if key not in head:
             if (s.test_id, s.batch_size) in head_oom:
-                out.append(Comparison(s, None, note=f"out of memory at batch {s.batch_size} on the head only",
-                                      known=Outcome.REGRESSED, **common))
+                out.append(compared(None, note=f"out of memory at batch {s.batch_size} on the head only",
+                                    known=Outcome.REGRESSED))
             else:
-                out.append(Comparison(s, None, note="measured on the base only: the head did not produce it",
-                                      **common))
+                out.append(compared(None, note="measured on the base only: the head did not produce it"))
             continue
         if key not in base:
-            out.append(Comparison(s, None, note="new on the head: nothing to compare with", **common))
+            out.append(compared(None, note="new on the head: nothing to compare with"))
             continue
         b = [base[key].per_run[r] for r in base_runs if r in base[key].per_run]
         h = [head[key].per_run[r] for r in head_runs if r in head[key].per_run]
@@ -81,5 +81,5 @@ def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = COMPARED_METR
             groups = earlier.get(key, [])
             prior = pooled(groups, f"{len(groups)} earlier same-code group{'s' if len(groups) != 1 else ''}")
             evidence = compare_processes(b, h, prior=prior)
-        out.append(Comparison(s, evidence, **common))
+        out.append(compared(evidence))
     return out

@@ -108,8 +108,7 @@ def trial_advice(db: Any, group: str, rows: Sequence[Noise]) -> TrialAdvice | No
         return None
     marks = ", ".join("?" for _ in runs)
     walls, trial_time, trial_count = [], 0.0, 0
-    for run_id, started, finished in db.execute(
-            f"SELECT id, started_at, finished_at FROM runs WHERE id IN ({marks})", runs):
+    for started, finished in db.execute(f"SELECT started_at, finished_at FROM runs WHERE id IN ({marks})", runs):
         if started and finished:
             walls.append((datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds())
     for total, count, measurements in db.execute(

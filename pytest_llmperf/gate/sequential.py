@@ -68,7 +68,7 @@ def _boundaries(alpha: float, fractions: tuple[float, ...], cumulative: tuple[fl
             c = np.inf
         else:
             low, high = -20 * np.sqrt(t), 20 * np.sqrt(t)
-            c_s = brentq(lambda b: exceed(b) - increment, low, high, xtol=1e-10)
+            c_s = brentq(lambda b, wanted=increment: exceed(b) - wanted, low, high, xtol=1e-10)
             c = c_s / np.sqrt(t)
         bounds.append(float(c))
         top = c * np.sqrt(t) if np.isfinite(c) else 12 * np.sqrt(t)

@@ -86,7 +86,7 @@ def test_an_a_a_run_of_many_series_fails_rarely_because_the_level_is_shared():
     near the 1 % it is built for, where each comparison at 5 % would fail most runs."""
     rng = np.random.default_rng(6)
     failed = 0
-    for run in range(200):
+    for _ in range(200):
         comparisons = [Comparison(subject(test_id=f"t{i}"), compare_processes(
             processes(rng, 100, n=3, between=0.05), processes(rng, 100, n=3, between=0.05)), "ab")
             for i in range(20)]
