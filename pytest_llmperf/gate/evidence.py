@@ -7,7 +7,8 @@ Two kinds of evidence, by the kind of metric (``Metric.sampling``):
   geometric means; its standard error comes from the between-process SD (``ProcessNoise``), pooled from the
   history where it knows the series and from this comparison's own processes, and the statistic is Student's
   t with the pooled degrees of freedom. With no history this is the two-sample t-test of the processes at
-  hand, valid for the few there are (and correspondingly cautious).
+  hand, valid for the few there are (and correspondingly cautious). A run whose own processes spread
+  clearly more than the history says (an F-test at 5 %: a busy machine) is judged on its own processes.
 * ``tolerance``: deterministic values (bytes, a largest batch): the change of the median against a
   tolerance; there is no variance to test. Where such values do vary (a host's peak RSS), they are
   compared like the others instead (see ``is_constant``).
@@ -85,6 +86,22 @@ def _t_evidence(method: str, base_log: float, head_log: float, se: float, noise:
                     float(stdtr(noise.df, -statistic)), below, n_base, n_head, se, noise.df, noise.source)
 
 
+#: a run whose own processes spread more than its history's at this significance is judged on its own
+NOISIER_THAN_HISTORY_P = 0.05
+
+
+def current_noise(prior: ProcessNoise | None, own: ProcessNoise | None) -> ProcessNoise | None:
+    """The history's noise pooled with this run's, unless this run is clearly noisier than its history (a
+    busy machine, a load burst in one process): then its own processes alone, a valid if weaker test."""
+    from scipy.special import fdtrc  # the F distribution's upper tail
+
+    if prior is not None and own is not None and prior.sd > 0 and \
+            float(fdtrc(own.df, prior.df, own.variance / prior.variance)) < NOISIER_THAN_HISTORY_P:
+        return ProcessNoise(own.sd, own.df, f"this run alone: noisier than {prior.source} "
+                                            f"({own.sd:.1%} against {prior.sd:.1%})")
+    return combine(prior, own)
+
+
 def compare_processes(base: Sequence[Sequence[float]], head: Sequence[Sequence[float]], *,
                       prior: ProcessNoise | None = None) -> Evidence:
     """Each side's processes, one sequence of values (trials) per process; ``prior``: the history's noise."""
@@ -92,7 +109,7 @@ def compare_processes(base: Sequence[Sequence[float]], head: Sequence[Sequence[f
     h = [process_value(p) for p in head if len(p)]
     if not b or not h:
         raise ValueError(f"compare_processes needs values on both sides (base: {len(b)}, head: {len(h)} processes)")
-    noise = combine(prior, pooled([b, h], "this run"))
+    noise = current_noise(prior, pooled([b, h], "this run"))
     b_mean, h_mean = sum(b) / len(b), sum(h) / len(h)
     se = noise.sd * math.sqrt(1 / len(b) + 1 / len(h)) if noise else math.inf
     return _t_evidence("processes", b_mean, h_mean, se, noise, len(b), len(h))

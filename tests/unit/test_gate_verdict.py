@@ -177,3 +177,15 @@ def test_no_evidence_is_inconclusive_with_the_reason_and_an_accepted_regression_
 def test_comparisons_without_enough_data_say_what_is_missing(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_run_noisier_than_its_history_is_judged_on_its_own_processes():
+    """The history says processes agree within 2 %; this run's spread by 15 % (a load burst): pooling them
+    would call a 12 % difference of two noisy processes a regression."""
+    quiet = ProcessNoise(sd=0.02, df=30, source="8 earlier same-code groups")
+    base, head = [[6220.0], [5550.0], [6318.0]], [[5915.0], [5829.0], [4379.0]]
+    v = verdict(base, head, prior=quiet)
+    assert v.outcome is Outcome.INCONCLUSIVE and not v.fails
+    assert v.evidence.df == 4 and v.evidence.noise.startswith("this run alone: noisier than 8 earlier")
+    calm = verdict([[100.0], [101.0], [99.5]], [[90.0], [89.0], [90.5]], prior=quiet)
+    assert calm.evidence.df == 34 and calm.outcome is Outcome.REGRESSED  # as noisy as its history: pooled
