@@ -37,6 +37,7 @@ import numpy as np
 from scipy.stats import norm
 
 from pytest_llmperf.gate.ab import AbConfig, run_rounds
+from pytest_llmperf.gate.confirm import reconcile
 from pytest_llmperf.gate.evidence import compare_processes
 from pytest_llmperf.gate.history import HISTORY_ALPHA, recent_windows
 from pytest_llmperf.gate.noise import noise_parts, pooled
@@ -174,17 +175,31 @@ def ab_run(sim: Simulator, slowdown: float, *, history: bool, config: AbConfig) 
     return any(v.fails for v in verdicts), changed.outcome.value, rounds
 
 
-def history_run(sim: Simulator, slowdown: float, *, age: int, length: int = 30) -> tuple[bool, str, int]:
-    """A history of ``length`` runs; the newest ``age`` of them (the current one included) carry the change."""
-    runs = [sim.process() for _ in range(length - age)] + [sim.process(slowdown) for _ in range(age)]
+def _history_verdicts(sim: Simulator, runs: list[dict[str, float]], subjects: list[Subject]) -> list:
     comparisons = []
-    for s in sim.subjects:
+    for s in subjects:
         values = [r[s.series_key] for r in runs]
         evidence, windows = recent_windows(values[-2::-1], values[-1], 10, metric(s.metric).better)
         comparisons.append(Comparison(s, evidence, "main", gated=s.metric in GATED_METRICS, windows=windows))
-    verdicts = judge(comparisons, alpha=HISTORY_ALPHA)
+    return judge(comparisons, alpha=HISTORY_ALPHA)
+
+
+def history_run(sim: Simulator, slowdown: float, *, age: int, length: int = 30, confirm: bool = False,
+                ) -> tuple[bool, str, int]:
+    """A history of ``length`` runs; the newest ``age`` of them (the current one included) carry the change.
+    ``confirm``: a run that fails reruns its regressed tests in a new process (``--llmperf-confirm``), judged
+    against the same history without the first run, and ``gate.confirm.reconcile`` keeps what the rerun finds."""
+    runs = [sim.process() for _ in range(length - age)] + [sim.process(slowdown) for _ in range(age)]
+    verdicts = _history_verdicts(sim, runs, sim.subjects)
+    processes = 1
+    failing = {v.subject.test_id for v in verdicts if v.fails}
+    if confirm and failing:
+        rerun = [*runs[:-1], sim.process(slowdown if age else 0.0)]
+        again = _history_verdicts(sim, rerun, [s for s in sim.subjects if s.test_id in failing])
+        verdicts = reconcile(verdicts, again, "rerun")
+        processes = 2
     changed = next(v for v in verdicts if v.subject.series_key == CHANGED)
-    return any(v.fails for v in verdicts), changed.outcome.value, 1
+    return any(v.fails for v in verdicts), changed.outcome.value, processes
 
 
 def calibration_check(sim: Simulator, *, calibrations: int, runs: int, rounds: int) -> list[dict[str, object]]:
@@ -270,12 +285,13 @@ def main() -> None:
             for change in (float(c) for c in args.changes.split(",") if c):
                 config = AbConfig(repo=Path("."), base="a", head="b", db=Path("x.db"), pytest_args=(),
                                   max_rounds=args.max_rounds)
-                if mode == "history":
+                if mode in ("history", "history-confirm"):
+                    confirm = mode == "history-confirm"
                     for age in (1, 3, 5) if change else (1,):
-                        row = cell(f"{name} history {change:.0%} age {age}", args.runs,
-                                   lambda c=change, a=age, sim=sim: history_run(sim, c, age=a))
+                        row = cell(f"{name} {mode} {change:.0%} age {age}", args.runs,
+                                   lambda c=change, a=age, sim=sim, k=confirm: history_run(sim, c, age=a, confirm=k))
                         rows.append(row)
-                        print(_line(name, f"history, change {age} run(s) old", change, row, "-"), flush=True)
+                        print(_line(name, f"{mode}, change {age} run(s) old", change, row, "-"), flush=True)
                     continue
                 row = cell(f"{name} {mode} {change:.0%}", args.runs,
                            lambda c=change, m=mode, sim=sim, config=config: ab_run(sim, c, history=m == "ab",

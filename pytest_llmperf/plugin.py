@@ -51,7 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "and fail on a regression (see --llmperf-baseline-branch, --llmperf-min-effect)")
     group.addoption("--llmperf-confirm", action="store_true", default=False,
                     help="with --llmperf-compare: before failing, rerun the regressed tests in a new process; "
-                         "a regression the rerun does not reproduce is inconclusive")
+                         "a regression the rerun does not reproduce is inconclusive (the default)")
+    group.addoption("--llmperf-no-confirm", action="store_true", default=False,
+                    help="with --llmperf-compare: fail on a regression without the confirmation rerun")
     for option in OPTIONS:
         default = f"default: {option.default}" if option.default else "no default"
         group.addoption(option.flag, dest=option.ini, type=_argparse_type(option), default=None,
@@ -64,7 +66,7 @@ def _settings(config: pytest.Config) -> Settings:
         return Settings.from_sources(
             enabled=config.getoption("llmperf"),
             compare=config.getoption("llmperf_compare"),
-            confirm=config.getoption("llmperf_confirm"),
+            confirm=not config.getoption("llmperf_no_confirm"),
             cli={o.name: config.getoption(o.ini) for o in OPTIONS},
             ini={o.name: config.getini(o.ini) for o in OPTIONS},
             rootdir=config.rootpath,

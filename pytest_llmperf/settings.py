@@ -324,8 +324,9 @@ class Settings:
     ini_min_effect: tuple[tuple[str, float], ...] = ()
     #: gate this run against the history (``--llmperf-compare``)
     compare: bool = False
-    #: rerun regressed tests once before failing (``--llmperf-confirm``)
-    confirm: bool = False
+    #: rerun regressed tests once before failing (on unless ``--llmperf-no-confirm``): one run's value has
+    #: heavy tails, and a second process makes a false alarm need two outliers
+    confirm: bool = True
     label: str | None = None
     #: None: the repository's default branch
     baseline_branch: str | None = None
@@ -336,7 +337,7 @@ class Settings:
 
     @classmethod
     def from_sources(cls, *, enabled: bool, cli: Mapping[str, Any], ini: Mapping[str, str | None],
-                     rootdir: Path, compare: bool = False, confirm: bool = False) -> Settings:
+                     rootdir: Path, compare: bool = False, confirm: bool = True) -> Settings:
         """``cli`` holds values already parsed by argparse (None when not given); ``ini`` holds raw strings."""
         ini_values: dict[str, Any] = {}
         for option in OPTIONS:

@@ -1,5 +1,7 @@
-"""The optional confirmation rerun (``--llmperf-confirm``): a regression fails the run only if a second run
-of the regressed tests, in a fresh process, finds it too; otherwise it is inconclusive and says so.
+"""The confirmation rerun (on by default; ``--llmperf-no-confirm`` turns it off): a regression fails the run
+only if a second run of the regressed tests, in a fresh process, finds it too; otherwise it is inconclusive
+and says so. One run's value has heavy tails (a process that lands in a slow state), which no test on a
+single value can tell from a regression; a false alarm that must happen twice is rare.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import replace
 from pytest_llmperf.gate.verdict import Outcome, Verdict
 
 #: options of the first run that the rerun must not repeat (it only measures: no gate, no report files)
-_DROPPED_FLAGS = ("--llmperf-compare", "--llmperf-confirm")
+_DROPPED_FLAGS = ("--llmperf-compare", "--llmperf-confirm", "--llmperf-no-confirm")
 _DROPPED_WITH_VALUE = ("--llmperf-report-dir", "--junitxml", "--junit-xml", "--llmperf-label")
 
 
