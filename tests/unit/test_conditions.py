@@ -372,7 +372,7 @@ def test_a_cuda_run_with_locked_clocks_is_not_warned_and_has_its_own_fingerprint
 
 def test_pytest_shows_the_warning_once_in_its_summary(pytester: pytest.Pytester, fake_cuda_run) -> None:
     fake_cuda_run(FakeGpu("GPU-aaaa"), FakeGpu("GPU-bbbb"))
-    pytester.makepyfile("def test_plain():\n    assert True\n")
+    pytester.makepyfile("def test_plain():\n    assert sum([1, 2]) == 3\n")
     result = pytester.runpytest_inprocess("--llmperf", "--llmperf-device=cuda",
                                           f"--llmperf-db={pytester.path / 'history.db'}", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
