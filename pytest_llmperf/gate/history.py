@@ -110,6 +110,7 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
         subject = samples.subject
         effect = min_effect_for(effects, subject.test_id, subject.metric)
         accepted = accepted_reason(accepted_now, run_id, subject)
+        gated = subject.metric in GATED_METRICS
         earlier = history.get(key)
         level_runs = [r for r in (earlier.per_run if earlier else {})]  # newest first
         since = _new_level_since(accepted_before, earlier, candidates) if earlier else None
@@ -124,7 +125,7 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
         if metric(subject.metric).sampling is Sampling.FIXED and runs and is_constant([*earlier_values, *head]):
             evidence = compare_fixed(earlier_values, head)  # equal so far: any change beyond the tolerance counts
             out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted,
-                                  gated=subject.metric in GATED_METRICS))
+                                  gated=gated))
             continue
         if len(runs) < MIN_BASELINE_RUNS:
             others = _other_environments(db, samples, [r for r, _ in candidates]) if not runs else []
@@ -133,13 +134,13 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
             if others:
                 note += f"; runs with another environment ({', '.join(o[:12] for o in others)}) are not compared"
             out.append(Comparison(subject, None, where, tuple(runs), effect, note=note, accepted=accepted,
-                                  gated=subject.metric in GATED_METRICS))
+                                  gated=gated))
             continue
         values = [median(earlier.per_run[r]) for r in level_runs]  # type: ignore[union-attr]
         evidence, windows = recent_windows(values, median(head), baseline.runs, metric(subject.metric).better,
                                            sizes=sizes)
         out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted,
-                              gated=subject.metric in GATED_METRICS, windows=windows))
+                              gated=gated, windows=windows))
     return out
 
 

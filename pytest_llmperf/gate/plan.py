@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-from scipy.stats import norm
+from functools import lru_cache
 
 from pytest_llmperf.gate.noise import NoiseParts
 
@@ -20,13 +19,17 @@ DEFAULT_POWER = 0.8
 SEQUENTIAL_INFLATION = 1.09
 
 
-def _z_sum(level: float, power: float, df: int | None = None) -> float:
-    """z_{1-level} + z_{power}, or Student's t quantiles with ``df`` degrees of freedom (an estimated SD)."""
-    if df:
-        from scipy.stats import t as student_t
+@lru_cache(maxsize=4096)
+def quantile(p: float, df: int | None = None) -> float:
+    """The upper ``p`` quantile of Student's t with ``df`` degrees of freedom (normal without: a known SD)."""
+    from scipy.special import ndtri, stdtrit
 
-        return float(student_t.isf(level, df) + student_t.ppf(power, df))
-    return float(norm.isf(level) + norm.ppf(power))
+    return float(stdtrit(df, 1 - p)) if df else float(-ndtri(p))
+
+
+def z_sum(level: float, power: float, df: int | None = None) -> float:
+    """The standard errors between no change and the change a one-sided test at ``level`` catches with ``power``."""
+    return quantile(level, df) + quantile(1 - power, df)
 
 
 def processes_needed(sd: float, change: float, level: float, power: float = DEFAULT_POWER, *,
@@ -35,7 +38,7 @@ def processes_needed(sd: float, change: float, level: float, power: float = DEFA
     if not change > 0:
         raise ValueError(f"the change to detect must be above 0, not {change!r}")
     delta = math.log1p(change)  # the smaller of the two directions' log changes: a slowdown by 10 % or a loss
-    n = 2 * (_z_sum(level, power) * sd / delta) ** 2 * (SEQUENTIAL_INFLATION if sequential else 1.0)
+    n = 2 * (z_sum(level, power) * sd / delta) ** 2 * (SEQUENTIAL_INFLATION if sequential else 1.0)
     return max(2, math.ceil(n))
 
 
@@ -43,7 +46,7 @@ def detectable(sd: float, processes: int, level: float, power: float = DEFAULT_P
                ) -> float:
     """The worse change (as a fraction) that ``processes`` per side catch with ``power`` at ``level``; ``df``:
     the degrees of freedom of the SD the comparison will use (None: known)."""
-    return math.expm1(_z_sum(level, power, df) * sd * math.sqrt(2 / max(processes, 1)))
+    return math.expm1(z_sum(level, power, df) * sd * math.sqrt(2 / max(processes, 1)))
 
 
 @dataclass(frozen=True)

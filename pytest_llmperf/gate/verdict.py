@@ -26,9 +26,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import lru_cache
 
 from pytest_llmperf.gate.evidence import Evidence
+from pytest_llmperf.gate.plan import quantile, z_sum
 from pytest_llmperf.gate.sequential import nominal_level
 from pytest_llmperf.gate.spec import DEFAULT_MIN_EFFECT
 from pytest_llmperf.measure.metrics import Better, metric
@@ -141,19 +141,11 @@ def _sides(evidence: Evidence, better: Better) -> tuple[float | None, float | No
     return evidence.p_higher, evidence.p_lower
 
 
-@lru_cache(maxsize=4096)
-def _quantile(p: float, df: int | None) -> float:
-    """The upper ``p`` quantile of Student's t with ``df`` degrees of freedom (normal without)."""
-    from scipy.special import ndtri, stdtrit
-
-    return float(stdtrit(df, 1 - p)) if df else float(-ndtri(p))
-
-
 def worst_plausible(e: Evidence, better: Better, level: float) -> float:
     """The worse end of the one-sided ``1 - level`` bound on the change, as a fraction."""
     if e.se_log is None or not math.isfinite(e.se_log):
         return math.inf
-    return _as_change(_worse_log(e.log_change, better) + _quantile(level, e.df) * e.se_log, better)
+    return _as_change(_worse_log(e.log_change, better) + quantile(level, e.df) * e.se_log, better)
 
 
 def detectable_change(e: Evidence, better: Better, level: float, power: float = STATED_POWER) -> float | None:
@@ -162,7 +154,7 @@ def detectable_change(e: Evidence, better: Better, level: float, power: float = 
         return None
     if not math.isfinite(e.se_log):
         return math.inf
-    return _as_change((_quantile(level, e.df) + _quantile(1 - power, e.df)) * e.se_log, better)
+    return _as_change(z_sum(level, power, e.df) * e.se_log, better)
 
 
 def _outcome(c: Comparison, raw: tuple[float | None, float | None], level: float, equivalence: float,
