@@ -6,7 +6,6 @@ The hooks only wire things together; the work happens in ``settings``, ``case``,
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_llmperf.case import MARKER, MARKER_HELP, BenchCase, MarkerError, cases_from_marker
-from pytest_llmperf.settings import OPTIONS, Option, Settings, SettingsError
+from pytest_llmperf.settings import OPTIONS, Settings, SettingsError, argument_type
 
 SKIP_REASON = "performance test: run with --llmperf"
 
@@ -29,17 +28,6 @@ VERDICTS = pytest.StashKey[Any]()  # the gate's verdicts of this run (--llmperf-
 OUTCOME = pytest.StashKey[str]()
 STARTED = pytest.StashKey[float]()
 POOLS = pytest.StashKey[dict[str, Any]]()  # device setting -> DevicePool, discovered once
-
-
-def _argparse_type(option: Option) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            return option.parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    parse.__name__ = option.name  # argparse names the type in some messages
-    return parse
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,7 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --llmperf-compare: fail on a regression without the confirmation rerun")
     for option in OPTIONS:
         default = f"default: {option.default}" if option.default else "no default"
-        group.addoption(option.flag, dest=option.ini, type=_argparse_type(option), default=None,
+        group.addoption(option.flag, dest=option.ini, type=argument_type(option.parse, option.name), default=None,
                         metavar=option.metavar, help=f"{option.help} (ini: {option.ini}; {default})")
         parser.addini(option.ini, help=option.help, type="string", default="")
 
@@ -394,7 +382,7 @@ def _confirmation_rerun(config: pytest.Config, run: Any) -> Callable[[list[str]]
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_sep("-", f"llmperf: confirming {len(set(test_ids))} regressed test(s) in a new process")
-        subprocess.run(command, cwd=config.rootpath)
+        subprocess.run(command, check=False, cwd=config.rootpath)
         row = run.store.db.execute("SELECT id FROM runs WHERE label = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
                                    [confirmation_label(run.run_id)]).fetchone()
         return row[0] if row else None

@@ -7,6 +7,7 @@ command line > marker > ini file > built-in default (``resolve_knobs``).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -198,6 +199,20 @@ class Option:
     @property
     def ini(self) -> str:
         return f"llmperf_{self.name}"
+
+
+def argument_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """An argparse type from one of the parsers above, for pytest's options and ``llmperf``'s alike: its
+    ValueError becomes argparse's usage error, which names the flag and the value."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name  # argparse names the type in some messages
+    return convert
 
 
 def cache_home() -> Path:
