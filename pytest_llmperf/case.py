@@ -15,7 +15,7 @@ from pytest_llmperf.backends import BACKEND_IDS, backend_entry, backend_variants
 from pytest_llmperf.budgets import Budget, BudgetError, merge_budgets, parse_budgets
 from pytest_llmperf.gate.spec import GateSpec, parse_min_effect
 from pytest_llmperf.models.spec import parse_model_spec
-from pytest_llmperf.settings import DEFAULT_KNOBS, KNOB_NAMES, OPTIONS_BY_NAME, Knobs, Settings, resolve_knobs
+from pytest_llmperf.settings import DEFAULT_KNOBS, KNOB_NAMES, Knobs, Settings, knob_from_python, resolve_knobs
 
 MARKER = "llmperf"
 MARKER_HELP = (
@@ -66,27 +66,9 @@ def _strings(arg: str, value: object) -> tuple[str, ...]:
 
 
 def knob_value(name: str, value: object) -> Any:
-    """A knob given in Python (marker or ``llm.generate(...)`` argument), checked strictly."""
-    option = OPTIONS_BY_NAME[name]
-    if name == "batch_sizes":
-        items = [value] if isinstance(value, int) else value
-        if not isinstance(items, list | tuple) or not all(type(v) is int for v in items):
-            raise MarkerError(f"{name}={value!r}: expected an int or a list of ints, e.g. [1, 8, 32]")
-        text = ",".join(str(v) for v in items)
-    elif name == "memory_headroom":
-        if not isinstance(value, str | int) or isinstance(value, bool):
-            raise MarkerError(f"{name}={value!r}: expected a byte size such as '300MB' or a number of bytes")
-        text = str(value)
-    elif name in ("dtype", "device"):
-        if not isinstance(value, str):
-            raise MarkerError(f"{name}={value!r}: expected a string ({option.help})")
-        text = value
-    else:
-        if type(value) is not int:
-            raise MarkerError(f"{name}={value!r}: expected an int ({option.help})")
-        text = str(value)
+    """A knob given in the marker, checked strictly."""
     try:
-        return option.parse(text)
+        return knob_from_python(name, value)
     except ValueError as e:
         raise MarkerError(f"{name}={value!r}: {e}") from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,16 @@ def _items(text: str) -> list[str]:
     return [item for item in re.split(r"[,\s]+", text.strip()) if item]
 
 
-def batch_sizes(text: str) -> tuple[int, ...]:
-    items = _items(text)
+def batch_sizes(value: str | int | Sequence[int]) -> tuple[int, ...]:
+    """From text ('1,8,32') or from Python (8, [1, 8, 32])."""
+    items: Sequence[str | int]
+    items = _items(value) if isinstance(value, str) else [value] if isinstance(value, int) else value
     if not items:
         raise ValueError("expected a list of positive integers such as '1,8,32', got nothing")
     try:
         return tuple(positive_int(i) for i in items)
     except ValueError:
-        raise ValueError(f"expected a list of positive integers such as '1,8,32', got {text!r}") from None
+        raise ValueError(f"expected a list of positive integers such as '1,8,32', got {value!r}") from None
 
 
 def new_tokens(text: str | int) -> int:
@@ -117,7 +119,7 @@ _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 def duration(text: str) -> float:
     """Seconds from ``90``, ``90s``, ``15m`` or ``1.5h``."""
     raw = str(text).strip().lower()
-    unit = _DURATION_UNITS.get(raw[-1:], None)
+    unit = _DURATION_UNITS.get(raw[-1:])
     try:
         value = float(raw[:-1] if unit else raw) * (unit or 1.0)
     except ValueError:
@@ -145,13 +147,16 @@ def _default_pool_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"pytest-llmperf-{os.getuid()}", "pool")
 
 
-def memory_headroom(text: str) -> int | None:
-    """A byte size ('300MB', '2GiB', or bytes); '' or 'none' for no limit."""
+def memory_headroom(text: str | int) -> int | None:
+    """A byte size ('300MB', '2GiB', or a number of bytes); '' or 'none' for no limit."""
     from pytest_llmperf.units import parse_bytes
 
-    if text.strip().lower() in ("", "none"):
+    if isinstance(text, int):
+        value = text
+    elif text.strip().lower() in ("", "none"):
         return None
-    value = int(parse_bytes(text))
+    else:
+        value = int(parse_bytes(text))
     if value <= 0:
         raise ValueError(f"expected a positive byte size such as '300MB', got {text!r}")
     return value
@@ -183,14 +188,41 @@ def min_effect_text(text: str) -> tuple[tuple[str, float], ...]:
 
 
 @dataclass(frozen=True)
+class PythonForm:
+    """What a marker argument or an ``llm.generate`` argument may be for a knob, before its parser checks it."""
+
+    accepts: Callable[[object], bool]
+    expected: str
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _is_ints(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, list | tuple) and all(_is_int(v) for v in value))
+
+
+INT = PythonForm(_is_int, "an int")
+INTS = PythonForm(_is_ints, "an int or a list of ints, e.g. [1, 8, 32]")
+TEXT = PythonForm(lambda v: isinstance(v, str), "a string")
+BYTE_SIZE = PythonForm(lambda v: isinstance(v, str) or _is_int(v), "a byte size such as '300MB' or a number of bytes")
+
+
+@dataclass(frozen=True)
 class Option:
-    """One setting: ``--llmperf-<name>`` on the command line and ``llmperf_<name>`` in the ini file."""
+    """One setting: ``--llmperf-<name>`` on the command line and ``llmperf_<name>`` in the ini file.
+
+    ``parse`` is its one typed coercion: it takes the text of the command line or ini file, and for a
+    per-test knob also the Python value of a marker or a call (whose type ``python`` checks first).
+    """
 
     name: str
-    parse: Callable[[str], Any]
+    parse: Callable[[Any], Any]
     default: str
     help: str
     metavar: str = "VALUE"
+    python: PythonForm | None = None
 
     @property
     def flag(self) -> str:
@@ -232,17 +264,18 @@ OPTIONS: tuple[Option, ...] = (
            "models for performance tests whose marker names none", "LIST"),
     Option("backends", backend_list, ",".join(BACKEND_IDS), "backends for performance tests whose marker names none",
            "LIST"),
-    Option("batch_sizes", batch_sizes, "1,8,32", "batch sizes a sweep measures", "LIST"),
-    Option("prompt_tokens", positive_int, "32", "prompt length in tokens", "N"),
-    Option("new_tokens", new_tokens, "100", "tokens generated per sequence (>= 2)", "N"),
-    Option("trials", positive_int, "5", "measured trials per batch size", "N"),
-    Option("warmups", non_negative_int, "1", "unmeasured warm-up generates per batch size", "N"),
-    Option("dtype", dtype, "auto", "float32, float16, bfloat16 or auto (bfloat16 on CUDA, float32 on CPU)", "DTYPE"),
-    Option("device", device, "auto", "cpu, cuda, cuda:N or auto (cuda:0 when available)", "DEVICE"),
-    Option("seed", non_negative_int, "0", "seed of the prompt token ids and of synthetic weights", "N"),
+    Option("batch_sizes", batch_sizes, "1,8,32", "batch sizes a sweep measures", "LIST", INTS),
+    Option("prompt_tokens", positive_int, "32", "prompt length in tokens", "N", INT),
+    Option("new_tokens", new_tokens, "100", "tokens generated per sequence (>= 2)", "N", INT),
+    Option("trials", positive_int, "5", "measured trials per batch size", "N", INT),
+    Option("warmups", non_negative_int, "1", "unmeasured warm-up generates per batch size", "N", INT),
+    Option("dtype", dtype, "auto", "float32, float16, bfloat16 or auto (bfloat16 on CUDA, float32 on CPU)", "DTYPE",
+           TEXT),
+    Option("device", device, "auto", "cpu, cuda, cuda:N or auto (cuda:0 when available)", "DEVICE", TEXT),
+    Option("seed", non_negative_int, "0", "seed of the prompt token ids and of synthetic weights", "N", INT),
     Option("memory_headroom", memory_headroom, "none",
            "a real memory limit per rank: what the loaded model uses plus this much (e.g. 300MB); RLIMIT_AS "
-           "on CPU (multi-process backends only), the CUDA allocator's fraction on GPU", "SIZE"),
+           "on CPU (multi-process backends only), the CUDA allocator's fraction on GPU", "SIZE", BYTE_SIZE),
     Option("budgets", budget_text, "", "budgets for every performance test, e.g. 'load_s=30 tokens_per_s[8]=60'",
            "SPEC"),
     Option("min_effect", min_effect_text, "0.05",
@@ -291,6 +324,16 @@ class Knobs:
 
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
 DEFAULT_KNOBS = Knobs(**{name: OPTIONS_BY_NAME[name].parse(OPTIONS_BY_NAME[name].default) for name in KNOB_NAMES})
+
+
+def knob_from_python(name: str, value: object) -> Any:
+    """A knob given in Python (a marker or an ``llm.generate`` argument), checked strictly: ValueError names
+    what was expected; the caller names where the value came from."""
+    option = OPTIONS_BY_NAME[name]
+    assert option.python is not None, f"{name} is not a per-test knob"
+    if not option.python.accepts(value):
+        raise ValueError(f"expected {option.python.expected} ({option.help})")
+    return option.parse(value)
 
 
 def resolve_knobs(*layers: Knobs) -> Knobs:
