@@ -27,7 +27,7 @@ RECORD = pytest.StashKey[Any]()  # its final BenchRecord
 VERDICTS = pytest.StashKey[Any]()  # the gate's verdicts of this run (--llmperf-compare)
 OUTCOME = pytest.StashKey[str]()
 STARTED = pytest.StashKey[float]()
-POOLS = pytest.StashKey[dict[str, Any]]()  # device setting -> DevicePool, discovered once
+POOLS = pytest.StashKey[Any]()  # DevicePools: each device setting's pool, discovered once
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,7 +68,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` with ``--llmperf``: one worker per device of the pool (runs before pytest_configure)."""
     if not config.getoption("llmperf"):
         return None
-    return _default_pool_size(_settings(config))
+    return _default_pool_size(config, _settings(config))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,7 +132,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     args, kwargs = _marker_kwargs(metafunc.definition)
     settings = metafunc.config.stash[SETTINGS]
     try:
-        cases = cases_from_marker(args, kwargs, settings, pool_size=_default_pool_size(settings))
+        cases = cases_from_marker(args, kwargs, settings, pool_size=_default_pool_size(metafunc.config, settings))
     except MarkerError as e:
         raise pytest.Collector.CollectError(
             f"{metafunc.definition.nodeid}: @pytest.mark.{MARKER}: {e}"
@@ -141,29 +141,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("llmperf_case", cases, ids=[c.id for c in cases])
 
 
-def _pool(config: pytest.Config, device: str) -> Any:
-    """The device pool of a ``device`` setting; DeviceUnavailable when this machine lacks it."""
-    from pytest_llmperf.pool import pool_for_device
+def _pools(config: pytest.Config, settings: Settings) -> Any:
+    """This session's DevicePools (also asked by ``-n auto`` before pytest_configure)."""
+    from pytest_llmperf.pool import DevicePools
 
-    pools = config.stash.setdefault(POOLS, {})
-    if device not in pools:
-        settings = config.stash[SETTINGS]
-        pools[device] = pool_for_device(device, cpu_slots=settings.cpu_slots, lock_dir=settings.pool_dir)
-    return pools[device]
+    if POOLS not in config.stash:
+        config.stash[POOLS] = DevicePools(cpu_slots=settings.cpu_slots, lock_dir=settings.pool_dir)
+    return config.stash[POOLS]
 
 
-def _default_pool_size(settings: Settings) -> int:
+def _default_pool_size(config: pytest.Config, settings: Settings) -> int:
     """Devices in the pool of the configured device (1 where it has none): world sizes "auto", ``-n auto``."""
-    from pytest_llmperf.devices import DeviceUnavailable
-    from pytest_llmperf.pool import pool_for_device
     from pytest_llmperf.settings import DEFAULT_KNOBS, resolve_knobs
 
     device = resolve_knobs(settings.cli, settings.ini, DEFAULT_KNOBS).device
     assert device is not None
-    try:
-        return len(pool_for_device(device, cpu_slots=settings.cpu_slots, lock_dir=settings.pool_dir).devices)
-    except DeviceUnavailable:
-        return 1
+    return int(_pools(config, settings).size(device))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -196,7 +189,7 @@ def llmperf_lease(request: pytest.FixtureRequest, llmperf_case: BenchCase) -> Ge
     device = case.knobs(settings).device
     assert device is not None
     try:
-        lease = _pool(request.config, device).lease(case.world_size, timeout_s=settings.lease_timeout_s,
+        lease = _pools(request.config, settings).get(device).lease(case.world_size, timeout_s=settings.lease_timeout_s,
                                                     owner=request.node.nodeid)
     except (DeviceUnavailable, PoolTooSmall) as e:
         pytest.skip(str(e))

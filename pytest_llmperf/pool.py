@@ -275,3 +275,32 @@ def pool_for_device(requested: str, *, cpu_slots: int, lock_dir: Path) -> Device
             f"device {requested!r} asked for, but this machine has {len(found)} usable CUDA device(s)"
         )
     return DevicePool(chosen, lock_dir)
+
+
+class DevicePools:
+    """The pool of each ``device`` setting, discovered once per session: discovery asks CUDA and NVML, and
+    every test function's collection needs the pool's size (world sizes "auto")."""
+
+    def __init__(self, *, cpu_slots: int, lock_dir: Path):
+        self._cpu_slots = cpu_slots
+        self._lock_dir = lock_dir
+        self._found: dict[str, DevicePool | _devices.DeviceUnavailable] = {}
+
+    def get(self, device: str) -> DevicePool:
+        """Raises DeviceUnavailable, every time it is asked, when this machine lacks the device."""
+        if device not in self._found:
+            try:
+                self._found[device] = pool_for_device(device, cpu_slots=self._cpu_slots, lock_dir=self._lock_dir)
+            except _devices.DeviceUnavailable as e:
+                self._found[device] = e
+        found = self._found[device]
+        if isinstance(found, _devices.DeviceUnavailable):
+            raise found
+        return found
+
+    def size(self, device: str) -> int:
+        """Devices in the pool of ``device``; 1 where this machine has none (its tests skip with the reason)."""
+        try:
+            return len(self.get(device).devices)
+        except _devices.DeviceUnavailable:
+            return 1

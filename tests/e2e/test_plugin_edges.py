@@ -1,0 +1,31 @@
+"""The plugin at its edges: what it discovers, records and prints around the tests themselves."""
+
+COUNT_DISCOVERIES = """
+import pytest_llmperf.pool as pool
+
+calls = []
+_discover = pool.discover
+
+
+def _counting(*args, **kwargs):
+    calls.append(args)
+    return _discover(*args, **kwargs)
+
+
+pool.discover = _counting
+
+
+def pytest_sessionfinish(session):
+    print(f"\\ndiscoveries={len(calls)}")
+"""
+
+
+def test_the_device_pool_is_discovered_once_per_session_not_per_test_function(pytester, run_llmperf):
+    pytester.makeconftest(COUNT_DISCOVERIES)
+    pytester.makepyfile("\n".join(
+        f"import pytest\n\n@pytest.mark.llmperf(model='synthetic:llama-tiny')\ndef test_{i}(llmperf_case):\n    pass\n"
+        for i in range(4)
+    ))
+    result = run_llmperf("--collect-only", "-q", "-s")
+    result.stdout.fnmatch_lines(["*4 tests collected*"])
+    result.stdout.fnmatch_lines(["discoveries=1"])
