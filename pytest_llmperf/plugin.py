@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = _settings(config)
     config.stash[SETTINGS] = settings
-    if not settings.enabled:
+    if not settings.enabled or config.option.collectonly:  # a collection measures nothing: it is not a run
         return
 
     from pytest_llmperf.session import RunSession

@@ -29,3 +29,12 @@ def test_the_device_pool_is_discovered_once_per_session_not_per_test_function(py
     result = run_llmperf("--collect-only", "-q", "-s")
     result.stdout.fnmatch_lines(["*4 tests collected*"])
     result.stdout.fnmatch_lines(["discoveries=1"])
+
+
+def test_collect_only_records_no_run_in_the_history(pytester, run_llmperf):
+    pytester.makepyfile("import pytest\n\n@pytest.mark.llmperf(model='synthetic:llama-tiny')\ndef test_one(llm):\n"
+                        "    llm.generate(batch_size=1)\n")
+    result = run_llmperf("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*1 test collected*"])
+    assert result.ret == 0
+    assert not (pytester.path / ".llmperf").exists(), "a collection is not a run: nothing goes in the history"
