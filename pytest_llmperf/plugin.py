@@ -216,7 +216,7 @@ def llm(request: pytest.FixtureRequest, llmperf_case: BenchCase, llmperf_lease: 
     except (ModelTooLarge, BackendUnavailable, MemoryLimitUnsupported) as e:
         pytest.skip(str(e))
     except (ModelSourceError, RankFailed) as e:
-        pytest.fail(str(e), pytrace=False)
+        raise pytest.fail.Exception(str(e), pytrace=False) from None
     request.node.stash[BENCH] = bench
     try:
         yield bench
@@ -245,7 +245,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     try:
         result = yield
     except RankFailed as e:  # its message says all; a traceback through the launcher would hide it
-        pytest.fail(str(e), pytrace=False)
+        raise pytest.fail.Exception(str(e), pytrace=False) from None
     bench = item.stash.get(BENCH, None)
     if bench is not None:
         from pytest_llmperf.budgets import check_budgets, describe_miss

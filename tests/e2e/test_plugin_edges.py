@@ -38,3 +38,24 @@ def test_collect_only_records_no_run_in_the_history(pytester, run_llmperf):
     result.stdout.fnmatch_lines(["*1 test collected*"])
     assert result.ret == 0
     assert not (pytester.path / ".llmperf").exists(), "a collection is not a run: nothing goes in the history"
+
+
+RANK_FAILS_IN_THE_CALL = """
+import pytest
+
+from pytest_llmperf.launch.distributed import RankFailed
+
+
+@pytest.mark.llmperf(model="synthetic:llama-tiny")
+def test_rank_fails(llm):
+    raise RankFailed("rank 1 failed during 'generate': RuntimeError: RANK-FAILURE-MESSAGE")
+"""
+
+
+def test_a_rank_failure_is_reported_once_without_a_traceback_through_the_launcher(pytester, run_llmperf):
+    pytester.makepyfile(RANK_FAILS_IN_THE_CALL)
+    result = run_llmperf("-rN")  # no short test summary: the failure report alone
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert out.count("RANK-FAILURE-MESSAGE") == 1, out
+    assert "During handling of the above exception" not in out, out
