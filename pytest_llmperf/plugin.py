@@ -75,7 +75,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = _settings(config)
     config.stash[SETTINGS] = settings
-    if not settings.enabled or config.option.collectonly:  # a collection measures nothing: it is not a run
+    if not settings.enabled:
+        return
+    if not hasattr(config, "workerinput"):  # the controller warns once for its workers
+        _warn_misplaced_rootdir(config)
+    if config.option.collectonly:  # a collection measures nothing: it is not a run
         return
 
     from pytest_llmperf.session import RunSession
@@ -96,6 +100,15 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_Summary(config.stash[SESSION]), "llmperf-summary")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "llmperf-xdist")
+
+
+def _warn_misplaced_rootdir(config: pytest.Config) -> None:
+    from pytest_llmperf.rootdir import RootdirWarning, misplaced_rootdir
+
+    test_paths = [config.invocation_params.dir / arg.split("::")[0] for arg in config.args]
+    text = misplaced_rootdir(config.rootpath, test_paths)
+    if text is not None:
+        config.issue_config_time_warning(RootdirWarning(text), stacklevel=2)
 
 
 def _warn_conditions(config: pytest.Config, text: str) -> None:

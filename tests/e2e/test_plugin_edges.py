@@ -59,3 +59,29 @@ def test_a_rank_failure_is_reported_once_without_a_traceback_through_the_launche
     out = result.stdout.str()
     assert out.count("RANK-FAILURE-MESSAGE") == 1, out
     assert "During handling of the above exception" not in out, out
+
+
+def _repository_with_a_test(pytester) -> None:
+    (pytester.path / ".git").mkdir()
+    pytester.makepyfile("import pytest\n\n@pytest.mark.llmperf(model='synthetic:llama-tiny')\ndef test_one(llm):\n"
+                        "    llm.generate(batch_size=1)\n")
+
+
+def test_a_space_separated_option_value_that_moves_the_rootdir_out_of_the_repository_is_warned(
+        pytester, run_llmperf, tmp_path_factory):
+    _repository_with_a_test(pytester)
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "history.db"
+    elsewhere.touch()  # an existing path (the history of an earlier run) is what pytest takes for a test path
+    result = run_llmperf("--llmperf-db", str(elsewhere), "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*RootdirWarning: pytest chose the rootdir *, outside the repository of the tests*"
+                                 "write the option as --llmperf-NAME=VALUE*"])
+
+
+def test_the_equals_form_keeps_the_rootdir_in_the_repository_and_warns_nothing(pytester, run_llmperf,
+                                                                                 tmp_path_factory):
+    _repository_with_a_test(pytester)
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "history.db"
+    elsewhere.touch()
+    result = run_llmperf(f"--llmperf-db={elsewhere}", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*1 test collected*"])
+    assert "RootdirWarning" not in result.stdout.str()
