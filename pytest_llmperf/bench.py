@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.backends import backend_class, backend_entry
 from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest
-from pytest_llmperf.case import BenchCase, knob_value, knobs_from
+from pytest_llmperf.case import BenchCase
 from pytest_llmperf.correctness import CHECK_BATCH_SIZE, CHECK_NEW_TOKENS, compare_tokens, reference_tokens
 from pytest_llmperf.devices import device_bandwidth, device_memory_bytes
 from pytest_llmperf.launch.distributed import GroupSpec
@@ -34,12 +34,24 @@ from pytest_llmperf.results import (
     GenerateResult,
     LoadResult,
 )
-from pytest_llmperf.settings import Knobs, Settings
+from pytest_llmperf.settings import Knobs, Settings, knob_from_python
 
 if TYPE_CHECKING:
     from pytest_llmperf.pool import Lease
 
 Launcher = InlineLauncher | GroupLauncher
+
+
+class GenerateArgumentError(ValueError):
+    """An argument of ``llm.generate`` that cannot be used; the message names the call, the argument and why."""
+
+
+def _generate_argument(argument: str, knob: str, value: object) -> Any:
+    __tracebackhide__ = True
+    try:
+        return knob_from_python(knob, value)
+    except ValueError as e:
+        raise GenerateArgumentError(f"llm.generate({argument}={value!r}): {e}") from None
 
 
 class MemoryLimitUnsupported(Exception):
@@ -162,10 +174,12 @@ class Bench:
         Arguments left out come from the command line, marker, ini file or defaults; the command
         line still overrides what is passed here.
         """
-        batch = knob_value("batch_sizes", batch_size)[0]
-        knobs = self.case.knobs(self._settings, knobs_from(
-            {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "trials": trials, "warmups": warmups}
-        ))
+        __tracebackhide__ = True  # a bad argument's failure points at the test's own call
+        batch = _generate_argument("batch_size", "prompt_tokens", batch_size)  # a positive int, as prompt_tokens
+        given = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "trials": trials, "warmups": warmups}
+        knobs = self.case.knobs(self._settings, Knobs(**{
+            name: _generate_argument(name, name, value) for name, value in given.items() if value is not None
+        }))
         assert None not in (knobs.prompt_tokens, knobs.new_tokens, knobs.trials, knobs.warmups, knobs.seed)
         config = GenerateConfig(batch_size=batch, prompt_tokens=knobs.prompt_tokens,
                                 new_tokens=knobs.new_tokens, trials=knobs.trials, warmups=knobs.warmups)

@@ -44,9 +44,9 @@ def test_record_holds_everything_measured(bench):
 
 
 def test_generate_arguments_are_checked(bench):
-    from pytest_llmperf.case import MarkerError
+    from pytest_llmperf.bench import GenerateArgumentError
 
-    with pytest.raises(MarkerError, match="expected an int"):
+    with pytest.raises(GenerateArgumentError, match=r"llm\.generate\(batch_size=2\.5\): expected an int"):
         bench.generate(batch_size=2.5)
-    with pytest.raises(MarkerError, match="at least 2 new tokens"):
+    with pytest.raises(GenerateArgumentError, match=r"llm\.generate\(new_tokens=1\): .*at least 2 new tokens"):
         bench.generate(batch_size=1, new_tokens=1)

@@ -85,3 +85,22 @@ def test_the_equals_form_keeps_the_rootdir_in_the_repository_and_warns_nothing(p
     result = run_llmperf(f"--llmperf-db={elsewhere}", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["*1 test collected*"])
     assert "RootdirWarning" not in result.stdout.str()
+
+
+BAD_GENERATE_ARGUMENT = """
+import pytest
+
+
+@pytest.mark.llmperf(model="synthetic:llama-tiny")
+def test_bad_batch(llm):
+    llm.generate(batch_size=0)
+"""
+
+
+def test_a_bad_generate_argument_is_named_as_the_call_and_its_argument(pytester, run_llmperf):
+    pytester.makepyfile(BAD_GENERATE_ARGUMENT)
+    result = run_llmperf()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["*llm.generate(batch_size=0): expected a positive integer*"])
+    assert "MarkerError" not in out and "case.py" not in out and "settings.py" not in out, out
