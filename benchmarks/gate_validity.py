@@ -113,7 +113,8 @@ class Simulator:
         shared, own = math.sqrt(s.rho), math.sqrt(1 - s.rho)
         level = self.between * (shared * common + own * rng.normal(size=len(self.cells)))
         picked = np.stack([r[rng.integers(len(r))] for r in self.real])  # (cells, trials of that process, 2)
-        picked = np.take_along_axis(picked, rng.integers(picked.shape[1], size=(len(self.cells), self.trials))[..., None],
+        drawn = rng.integers(picked.shape[1], size=(len(self.cells), self.trials))
+        picked = np.take_along_axis(picked, drawn[..., None],
                                     axis=1)
         e2e = self.batch[:, None] ** 0.3 * np.exp(level[:, None] + picked[..., 0])
         if slowdown:
@@ -277,7 +278,8 @@ def main() -> None:
             low, high = _wilson(found, total)
             predicted = sorted(r["predicted"] for r in checks)
             print(f"<!-- {name}: {args.calibrations} simulated calibrations predicted a change of "
-                  f"{predicted[0]:.0%}-{predicted[-1]:.0%} (median {predicted[len(predicted) // 2]:.0%}) detectable with "
+                  f"{predicted[0]:.0%}-{predicted[-1]:.0%} (median {predicted[len(predicted) // 2]:.0%}) "
+                  "detectable with "
                   f"80 % power at {args.calibrate_rounds} processes a side; A/B runs of those rounds, each at its "
                   f"calibration's prediction, found it in {found / total:.1%} [{low:.1%}, {high:.1%}] of {total} runs "
                   "-->", flush=True)

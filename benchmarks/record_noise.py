@@ -81,9 +81,10 @@ def run_process(project: Path, db: Path, args: argparse.Namespace, cpus: tuple[i
             os.sched_setaffinity(0, cpus)
 
     done = subprocess.run(command, cwd=project, env=_environment(threads, gc_on), preexec_fn=pin,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"a recording process failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise SystemExit(f"a recording process failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                         f"{done.stderr[-3000:]}")
     with sqlite3.connect(db) as con:
         return con.execute("SELECT id FROM runs WHERE label = ?", [label]).fetchone()[0]
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from pytest_llmperf.measure.metrics import METRICS, Scope
-from pytest_llmperf.results import BenchRecord, BudgetCheck, GenerateResult
+from pytest_llmperf.results import BenchRecord, BudgetCheck, BudgetOutcome, GenerateResult
 from pytest_llmperf.units import format_value, parse_bytes
 
 ALL_BATCHES = "*"
@@ -30,7 +31,7 @@ class Budget:
     batch_size: int | None = None
 
     @property
-    def bound(self) -> str:
+    def bound(self) -> Literal["max", "min"]:
         return METRICS[self.metric].bound
 
     def admits(self, value: float) -> bool:
@@ -135,13 +136,13 @@ def merge_budgets(*layers: Iterable[Budget]) -> tuple[Budget, ...]:
 def _applicable(budgets: tuple[Budget, ...], metric_name: str, batch_size: int) -> Budget | None:
     specific = [b for b in budgets if b.metric == metric_name and b.batch_size == batch_size]
     general = [b for b in budgets if b.metric == metric_name and b.batch_size is None]
-    return (specific or general or [None])[0]
+    return next(iter(specific or general), None)
 
 
 def _check_generate(budget: Budget, result: GenerateResult) -> BudgetCheck:
     measured = result.metric_values().get(budget.metric)
     if result.outcome != "ok" or measured is None:
-        outcome = "miss" if result.outcome == "oom" else "unmeasured"
+        outcome: BudgetOutcome = "miss" if result.outcome == "oom" else "unmeasured"
         return BudgetCheck(budget.metric, budget.bound, budget.limit, result.batch_size, None, outcome)
     outcome = "pass" if budget.admits(measured) else "miss"
     return BudgetCheck(budget.metric, budget.bound, budget.limit, result.batch_size, measured, outcome)
@@ -153,16 +154,18 @@ def check_budgets(budgets: tuple[Budget, ...], record: BenchRecord) -> tuple[Bud
     load_values = record.load_metric_values()
     for budget in (b for b in budgets if METRICS[b.metric].scope is Scope.LOAD):
         measured = load_values.get(budget.metric)
-        outcome = "unmeasured" if measured is None else "pass" if budget.admits(measured) else "miss"
-        checks.append(BudgetCheck(budget.metric, budget.bound, budget.limit, None, measured, outcome))
+        load_outcome: BudgetOutcome = (
+            "unmeasured" if measured is None else "pass" if budget.admits(measured) else "miss"
+        )
+        checks.append(BudgetCheck(budget.metric, budget.bound, budget.limit, None, measured, load_outcome))
     generate_metrics = {b.metric for b in budgets if METRICS[b.metric].scope is Scope.GENERATE}
     checked: set[tuple[str, int | None]] = set()
     for result in record.generates:
         for name in sorted(generate_metrics):
-            budget = _applicable(budgets, name, result.batch_size)
-            if budget is not None:
-                checks.append(_check_generate(budget, result))
-                checked.add((name, budget.batch_size))
+            applicable = _applicable(budgets, name, result.batch_size)
+            if applicable is not None:
+                checks.append(_check_generate(applicable, result))
+                checked.add((name, applicable.batch_size))
     for budget in budgets:
         if METRICS[budget.metric].scope is Scope.GENERATE and (budget.metric, budget.batch_size) not in checked:
             checks.append(BudgetCheck(budget.metric, budget.bound, budget.limit, budget.batch_size, None, "unmeasured"))

@@ -312,7 +312,7 @@ def _record_finished_test(item: pytest.Item, report: pytest.TestReport) -> None:
     session = item.config.stash.get(SESSION, None)
     if record is None or session is None:
         return
-    report.llmperf = record.to_dict()
+    setattr(report, "llmperf", record.to_dict())  # noqa: B010 (a report attribute xdist carries to the controller)
     from pytest_llmperf.report.junit import junit_properties
 
     report.user_properties.extend(junit_properties(record))  # JUnit XML: keep them with junit_family=xunit1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 
 class Better(StrEnum):
@@ -43,7 +44,7 @@ class Metric:
     sampling: Sampling
 
     @property
-    def bound(self) -> str:
+    def bound(self) -> Literal["max", "min"]:
         """The kind of budget this metric takes: an upper bound ("max") or a lower bound ("min")."""
         return "max" if self.better is Better.LOWER else "min"
 
@@ -69,13 +70,16 @@ _ALL = (
     Metric("tokens_per_s", "tokens/s", Better.HIGHER, Scope.GENERATE,
            "generated tokens per second of the deployment = streams * batch * new_tokens / e2e", Sampling.TRIALS),
     Metric("ms_per_token", "ms", Better.LOWER, Scope.GENERATE,
-           "the BLOOM study's throughput = e2e / (streams * batch * new_tokens) = 1000 / tokens_per_s", Sampling.TRIALS),
+           "the BLOOM study's throughput = e2e / (streams * batch * new_tokens) = 1000 / tokens_per_s",
+           Sampling.TRIALS),
     Metric("peak_mem_bytes", "bytes", Better.LOWER, Scope.GENERATE,
-           "peak memory during the trials of one configuration (CUDA max allocated; host peak RSS on CPU)", Sampling.FIXED),
+           "peak memory during the trials of one configuration (CUDA max allocated; host peak RSS on CPU)",
+           Sampling.FIXED),
     Metric("peak_mem_reserved_bytes", "bytes", Better.LOWER, Scope.GENERATE,
            "CUDA only: peak memory reserved by the caching allocator during the trials", Sampling.FIXED),
     Metric("kv_cache_bytes", "bytes", Better.LOWER, Scope.GENERATE,
-           "predicted KV cache = 2 * layers * kv_heads * head_dim * (prompt + new) * batch * dtype bytes", Sampling.FIXED),
+           "predicted KV cache = 2 * layers * kv_heads * head_dim * (prompt + new) * batch * dtype bytes",
+           Sampling.FIXED),
     Metric("decode_bw_util", "ratio", Better.HIGHER, Scope.GENERATE,
            "bytes one decode step must read (weights + KV cache) / tpot / device memory bandwidth", Sampling.PROCESS),
     Metric("energy_j_per_token", "J/token", Better.LOWER, Scope.GENERATE,

@@ -39,7 +39,8 @@ def synthetic_config(spec: ModelSpec) -> PretrainedConfig:
     return shape_config(source)
 
 
-def synthetic_dir(config: PretrainedConfig, dtype: str, cache_dir: Path, *, seed: int = 0, name: str | None = None) -> Path:
+def synthetic_dir(config: PretrainedConfig, dtype: str, cache_dir: Path, *, seed: int = 0,
+                  name: str | None = None) -> Path:
     """Where ``ensure_synthetic`` keeps the checkpoint of (config, dtype, seed)."""
     dtype = parse_dtype(dtype, allow_auto=False)
     key = digest({"config": canonical_config(config), "dtype": dtype, "seed": seed, "format": FORMAT_VERSION}, 12)

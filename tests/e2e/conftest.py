@@ -1,17 +1,18 @@
 import pytest
-import transformers.models.bloom.modeling_bloom  # noqa: F401
-import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+import transformers.models.bloom.modeling_bloom
+import transformers.models.gpt2.modeling_gpt2
 import transformers.models.llama.modeling_llama  # noqa: F401
 
 # In-process inner runs restore sys.modules afterwards, and a C extension imported for the first
 # time inside one (torch, tokenizers, ...) cannot be imported again in the next: import them here.
-import pytest_llmperf.backends.hf  # noqa: F401  (torch, transformers)
-import pytest_llmperf.bench  # noqa: F401
+import pytest_llmperf.backends.hf
+import pytest_llmperf.bench
 import pytest_llmperf.models.synthetic  # noqa: F401
 
 #: fast settings for inner runs: the plugin's logic, not the model's speed, is under test
-FAST = ("--llmperf", "-W", "ignore::pytest.PytestAssertRewriteWarning", "--llmperf-trials", "2", "--llmperf-warmups", "0", "--llmperf-new-tokens", "4",
-        "--llmperf-prompt-tokens", "8", "--llmperf-batch-sizes", "1", "--llmperf-backends", "hf", "-p", "no:cacheprovider")
+FAST = ("--llmperf", "-W", "ignore::pytest.PytestAssertRewriteWarning", "--llmperf-trials=2", "--llmperf-warmups=0",
+        "--llmperf-new-tokens=4", "--llmperf-prompt-tokens=8", "--llmperf-batch-sizes=1", "--llmperf-backends=hf", "-p",
+        "no:cacheprovider")
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,9 @@ def test_a_generous_budget_passes_and_the_run_is_in_the_history(pytester, run_ll
     pytester.makepyfile(PASSING)
     result = run_llmperf()
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*llmperf summary*", "*test_generous*", "hf · synthetic:llama-tiny (llama, float32) · world 1 · load_s * (read * + place *; page cache *)*",
+    result.stdout.fnmatch_lines(["*llmperf summary*", "*test_generous*",
+                                 "hf · synthetic:llama-tiny (llama, float32) · world 1 · load_s * (read * + place *; "
+                                 "page cache *)*",
                                  "*batch*ttft_ms*tpot_ms*tokens/s*ms/token*peak mem*budgets*",
                                  "*1*±*±*±*±*MiB*4 ok*", "*history: run * in *history.db"])
     db = pytester.path / ".llmperf" / "history.db"
@@ -115,7 +117,8 @@ def test_an_unwritable_history_path_stops_the_run_before_any_test(pytester, run_
 
 
 def test_precedence_command_line_over_marker_over_ini(pytester, model_cache):
-    pytester.makeini("[pytest]\nllmperf_backends = hf\nllmperf_trials = 3\nllmperf_new_tokens = 4\nllmperf_prompt_tokens = 8\n"
+    pytester.makeini("[pytest]\nllmperf_backends = hf\nllmperf_trials = 3\nllmperf_new_tokens = 4\n"
+                     "llmperf_prompt_tokens = 8\n"
                      "llmperf_warmups = 0\nllmperf_batch_sizes = 1\n")
     pytester.makepyfile("""
         import pytest

@@ -36,8 +36,9 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:
-                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+            if node.level:  # relative: from the package, up level - 1 packages
+                parents = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parents, base] if base else parents)
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             names = []

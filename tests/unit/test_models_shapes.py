@@ -92,7 +92,7 @@ def test_shape_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="model_type"):
         shape_config(tmp_path / "bad.json")
     (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(ValueError, match="broken.json"):
+    with pytest.raises(ValueError, match=r"broken\.json"):
         shape_config(tmp_path / "broken.json")
 
 
@@ -103,7 +103,8 @@ def test_tiny_shape_greedy_decoding_is_varied(name, tmp_path):
     path = ensure_synthetic(shape_config(name), "float32", tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     for prompt_seed in range(3):
-        prompt = torch.randint(4, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(prompt_seed))
+        seeded = torch.Generator().manual_seed(prompt_seed)
+        prompt = torch.randint(4, model.config.vocab_size, (1, 32), generator=seeded)
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, do_sample=False)
         new = out[0, 32:].tolist()
         assert len(new) == 32, f"{name} stopped early (eos) for prompt seed {prompt_seed}"

@@ -143,7 +143,7 @@ def test_hub_cache_from_hf_hub_cache(tmp_path, monkeypatch):
 
 def test_hub_revision_absent_from_cache(hf_home, tmp_path):
     _fake_hub_cache(hf_home / "hub", "acme/tiny", "a" * 40)
-    with pytest.raises(ModelSourceError, match="at revision 'v2'.*not in the local Hugging Face cache"):
+    with pytest.raises(ModelSourceError, match=r"at revision 'v2'.*not in the local Hugging Face cache"):
         resolve_model(parse_model_spec("hub:acme/tiny@v2"), "fp32", tmp_path)
 
 

@@ -27,7 +27,8 @@ def test_built_model_loads_back(name, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert model.config.model_type == shape_config(name).model_type
     assert len(tokenizer) == model.config.vocab_size == 1024
-    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1, 2, 3)
+    special = (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert special == (0, 1, 2, 3)
     assert model.generation_config.pad_token_id == 3
     assert config_hash(model.config) == config_hash(shape_config(name))
     ids = tokenizer("t4 t900 t1023")["input_ids"]
@@ -39,7 +40,7 @@ def test_dtype_is_stored(tmp_path):
     path = ensure_synthetic(shape_config("llama-tiny"), "bf16", tmp_path)
     assert "-bfloat16-" in path.name
     with safe_open(path / "model.safetensors", framework="pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 (safetensors handles are not mappings) == {torch.bfloat16}
 
 
 def test_same_seed_same_weights_other_seed_other_directory(tmp_path):
