@@ -85,3 +85,30 @@ def test_plan_from_a_config_json(tmp_path, capsys):
     out = capsys.readouterr().out
     # gpt2-tiny: 2 layers, 4 heads of 16, float32: 2 * 2 * 4 * 16 * (10 + 6) * 4 sequences * 4 bytes
     assert f"{2 * 2 * 4 * 16 * 16 * 4 * 4 / 1e9:.3g}" in out
+
+
+def test_history_of_an_unknown_metric_names_it_and_the_known_ones(history, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["history", "--db", str(history), "--metric", "nosuch"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: llmperf history" in err
+    assert "argument --metric: unknown metric 'nosuch'; known metrics: load_s," in err and "tokens_per_s" in err
+    assert "no results match" not in err
+
+
+def test_accept_marks_the_newest_run_or_the_named_one(history, capsys):
+    assert main(["accept", "--db", str(history), "--test", "t.py::*", "--reason", "new sampler"]) == 0
+    assert "accepted in run run1: t.py::*: new sampler" in capsys.readouterr().out
+    assert main(["accept", "--db", str(history), "--run", "run1", "--test", "t.py::*", "--metric", "tokens_per_s",
+                 "--reason", "new sampler"]) == 0
+    assert "accepted in run run1: t.py::* tokens_per_s: new sampler" in capsys.readouterr().out
+    with HistoryStore.open(history) as store:
+        assert [r["metric"] for r in store.db["acceptances"].rows] == [None, "tokens_per_s"]
+
+
+def test_accept_in_a_history_without_runs_says_so(tmp_path, capsys):
+    empty = tmp_path / "empty.db"
+    HistoryStore.open(empty).close()
+    assert main(["accept", "--db", str(empty), "--test", "t.py::*", "--reason", "intended"]) == 2
+    assert "holds no runs; run `pytest --llmperf` first" in capsys.readouterr().err

@@ -1,0 +1,3 @@
+from pytest_llmperf.cli import main
+
+raise SystemExit(main())
