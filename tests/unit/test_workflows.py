@@ -199,9 +199,9 @@ def test_pr_workflow_measures_merge_base_against_head(workflows):
     assert any("git merge-base" in s for s in scripts)
     assert README_COMMANDS[0] in scripts
     [ab] = [" ".join(s.split()) for s in scripts if "llmperf ab" in s]
-    assert '--head "${{ github.event.pull_request.head.sha }}"' in ab
-    assert '--base "$BASE_SHA"' in ab
-    assert "--db " in ab and "--report-dir " in ab
+    assert '--head="${{ github.event.pull_request.head.sha }}"' in ab
+    assert '--base="$BASE_SHA"' in ab
+    assert "--db=" in ab and "--report-dir=" in ab
     assert "--time-budget=180m" in ab  # the sequential rounds stop well inside the job's 240 minutes
     assert ab.endswith("-- suites/")
     assert "|| true" not in ab and "continue-on-error" not in str(steps(pr))
@@ -269,11 +269,11 @@ def test_nightly_runs_the_default_branch_and_keeps_the_history(workflows):
     scripts = [" ".join(s.split()) for s in run_scripts(nightly)]
     [suite] = [s for s in scripts if "pytest --llmperf suites/" in s]
     assert "--llmperf-compare" in suite
-    assert '--llmperf-baseline-branch "$BASELINE_BRANCH"' in suite
-    assert "--llmperf-report-dir " in suite and "--llmperf-db " in suite
-    assert any("llmperf prune --db .llmperf/history.db --keep-days 180" in s for s in scripts)
-    assert any("llmperf export --db .llmperf/history.db --format json --out " in s for s in scripts)
-    assert any("llmperf dashboard --db .llmperf/history.db --out .llmperf/report/dashboard" in s for s in scripts)
+    assert '--llmperf-baseline-branch="$BASELINE_BRANCH"' in suite
+    assert "--llmperf-report-dir=" in suite and "--llmperf-db=" in suite
+    assert any("llmperf prune --db=.llmperf/history.db --keep-days=180" in s for s in scripts)
+    assert any("llmperf export --db=.llmperf/history.db --format=json --out=" in s for s in scripts)
+    assert any("llmperf dashboard --db=.llmperf/history.db --out=.llmperf/report/dashboard" in s for s in scripts)
     [upload] = uses(nightly, "actions/upload-artifact")
     assert upload["if"] == "always()"
 
