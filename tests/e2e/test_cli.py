@@ -112,3 +112,15 @@ def test_accept_in_a_history_without_runs_says_so(tmp_path, capsys):
     HistoryStore.open(empty).close()
     assert main(["accept", "--db", str(empty), "--test", "t.py::*", "--reason", "intended"]) == 2
     assert "holds no runs; run `pytest --llmperf` first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", [["history"], ["accept", "--test=x", "--reason=y"], ["export"],
+                                  ["prune", "--keep-days=1"], ["dashboard", "--out=site"]])
+def test_a_history_error_names_the_cli_flag_not_pytests(verb, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.db"
+    bad.write_text("not a database")
+    assert main([*verb, f"--db={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable SQLite database" in err and "--db PATH" in err, err
+    assert "--llmperf-db" not in err, err
