@@ -8,8 +8,8 @@ from pytest_llmperf.backends.base import LoadRequest
 
 pytest.importorskip("deepspeed", reason="the DeepSpeed backends need the deepspeed package")
 
-from pytest_llmperf.backends.ds_inference import DsInferenceBackend  # noqa: E402
-from pytest_llmperf.backends.ds_zero import DsZeroBackend  # noqa: E402
+from pytest_llmperf.backends.ds_inference import DsInferenceBackend
+from pytest_llmperf.backends.ds_zero import DsZeroBackend
 
 LLAMA = SimpleNamespace(model_type="llama")
 
