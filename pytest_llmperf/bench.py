@@ -7,8 +7,6 @@ budgets and the history. Backends other than ``hf`` first prove they generate ``
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,10 +15,12 @@ from pytest_llmperf.backends import backend_class, backend_entry
 from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest
 from pytest_llmperf.case import BenchCase
 from pytest_llmperf.correctness import CHECK_BATCH_SIZE, CHECK_NEW_TOKENS, compare_tokens, reference_tokens
-from pytest_llmperf.devices import device_bandwidth, device_memory_bytes
+from pytest_llmperf.devices import device_bandwidth, device_kind, device_memory_bytes
 from pytest_llmperf.launch.distributed import GroupSpec
 from pytest_llmperf.launch.group_launcher import GroupLauncher
 from pytest_llmperf.launch.inline import InlineLauncher
+from pytest_llmperf.launch.launcher import Launcher
+from pytest_llmperf.launch.leftovers import new_scratch_dir, remove_scratch_dir
 from pytest_llmperf.measure.roofline import decode_bw_util, decode_step_bytes
 from pytest_llmperf.models.plan import capacity_problem, kv_cache_bytes
 from pytest_llmperf.models.sources import ResolvedModel, resolve_model
@@ -38,9 +38,6 @@ from pytest_llmperf.settings import Knobs, Settings, knob_from_python
 
 if TYPE_CHECKING:
     from pytest_llmperf.pool import Lease
-
-Launcher = InlineLauncher | GroupLauncher
-
 
 class GenerateArgumentError(ValueError):
     """An argument of ``llm.generate`` that cannot be used; the message names the call, the argument and why."""
@@ -90,7 +87,7 @@ class Bench:
         progress = progress or NullProgress()
         knobs = case.knobs(settings)
         device = lease.devices[0].name
-        kind = "cuda" if device.startswith("cuda") else "cpu"
+        kind = device_kind(device)
         entry = backend_entry(case.backend)
         if knobs.memory_headroom is not None and kind == "cpu" and entry.launch != "ranks":
             raise MemoryLimitUnsupported(
@@ -99,6 +96,7 @@ class Bench:
             )
         spec = parse_model_spec(case.model)
         per_device = device_memory_bytes(device)
+        assert knobs.dtype is not None and knobs.seed is not None
         model = resolve_model(
             spec, knobs.dtype, settings.model_cache, seed=knobs.seed, device_kind=kind,
             device_memory_bytes=None if per_device is None else per_device * len(lease.devices),
@@ -123,14 +121,14 @@ class Bench:
             reference = _reference(model, device, knobs, settings)
         labels = ", ".join(d.label for d in lease.devices)
         progress.update(f"loading {spec.model_id} ({case.backend}, {model.dtype}, {labels})")
-        scratch = Path(tempfile.mkdtemp(prefix="llmperf-"))
+        scratch = new_scratch_dir()
         launcher: Launcher | None = None
         try:
             launcher = _launcher(case, entry, lease, settings, scratch)
             load = launcher.load(replace(request, scratch_dir=scratch / "offload"))
             if entry.launch != "ranks":
-                labels = {d.name: d.label for d in lease.devices}
-                load = replace(load, devices=tuple(labels.get(d, d) for d in load.devices))
+                recorded = {d.name: d.label for d in lease.devices}
+                load = replace(load, devices=tuple(recorded.get(d, d) for d in load.devices))
             bench = cls(test_id=test_id, case=case, settings=settings, model=model, device=device,
                         launcher=launcher, load=load, progress=progress, scratch_dir=scratch, reference=reference)
             if reference is not None:
@@ -140,7 +138,7 @@ class Bench:
         except BaseException:
             if launcher is not None:
                 launcher.close()
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_scratch_dir(scratch)
             progress.close()
             raise
         progress.close()
@@ -153,7 +151,7 @@ class Bench:
         outputs = self.launcher.tokens(input_ids, CHECK_NEW_TOKENS)
         self.correctness = compare_tokens(
             tokens, outputs, prompt_tokens=input_ids.shape[1],
-            exact=self.model.dtype == "float32" and not self.device.startswith("cuda"),
+            exact=self.model.dtype == "float32" and device_kind(self.device) == "cpu",
         )
         return self.correctness
 
@@ -180,7 +178,8 @@ class Bench:
         knobs = self.case.knobs(self._settings, Knobs(**{
             name: _generate_argument(name, name, value) for name, value in given.items() if value is not None
         }))
-        assert None not in (knobs.prompt_tokens, knobs.new_tokens, knobs.trials, knobs.warmups, knobs.seed)
+        assert knobs.prompt_tokens is not None and knobs.new_tokens is not None and knobs.seed is not None
+        assert knobs.trials is not None and knobs.warmups is not None
         config = GenerateConfig(batch_size=batch, prompt_tokens=knobs.prompt_tokens,
                                 new_tokens=knobs.new_tokens, trials=knobs.trials, warmups=knobs.warmups)
         input_ids = prompt_token_ids(
@@ -281,14 +280,14 @@ class Bench:
         try:
             self.launcher.close()
         finally:
-            shutil.rmtree(self._scratch_dir, ignore_errors=True)
+            remove_scratch_dir(self._scratch_dir)
 
 
 def _reference(model: ResolvedModel, device: str, knobs: Knobs, settings: Settings) -> Any:
     """(prompts, hf's greedy tokens) for the correctness check; None when hf cannot hold the model on one device."""
     from pytest_llmperf.models.plan import weights_bytes
 
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+    kind = device_kind(device)
     if capacity_problem(weights_bytes(model.config, model.dtype), disk_dir=None, device_kind=kind,
                         device_memory_bytes=device_memory_bytes(device)):
         return None
@@ -305,7 +304,7 @@ def _launcher(case: BenchCase, entry: Any, lease: Lease, settings: Settings, scr
         return InlineLauncher(case.backend, device)
     spec = GroupSpec(
         backend_id=case.backend, world_size=case.world_size,
-        device_kind="cuda" if device.startswith("cuda") else "cpu",
+        device_kind=device_kind(device),
         log_dir=scratch / "logs", cuda_visible_devices=lease.cuda_visible_devices(),
         timeout_s=settings.rank_timeout_s,
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pytest_llmperf.devices import device_kind
 from pytest_llmperf.results import CorrectnessCheck
 
 if TYPE_CHECKING:
@@ -73,32 +74,6 @@ def compare_tokens(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_t
     )
 
 
-def perturb_one_weight(module: object) -> str:
-    """Change one weight matrix of a model in place (to prove a correctness check can fail).
-
-    Picks the first 2-D weight of the first decoder block's MLP and adds noise as large as the
-    weights. Under ZeRO-3 the parameter itself is an empty placeholder: its local partition
-    (``ds_tensor``) is perturbed instead; under transformers' tensor parallelism (a DTensor), this
-    rank's shard. Returns the parameter's name.
-    """
-    import torch
-
-    assert isinstance(module, torch.nn.Module)
-    candidates = [(n, p) for n, p in module.named_parameters() if p.dim() == 2 or hasattr(p, "ds_tensor")]
-    name, param = next(((n, p) for n, p in candidates if "mlp" in n), candidates[0])
-    target = getattr(param, "ds_tensor", param)
-    if hasattr(target, "to_local"):
-        # a DTensor (transformers' tensor parallelism): its own methods are collectives that the other
-        # ranks, not asked to perturb anything, would never join; change this rank's shard (a view of it)
-        target = target.to_local()
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(1)
-        scale = float(target.float().std()) or 1.0
-        noise = torch.randn(target.shape, generator=generator) * 4 * scale
-        target.add_(noise.to(device=target.device, dtype=target.dtype))
-    return name
-
-
 def _reference_key(model: ResolvedModel, device_kind: str, input_ids: np.ndarray, new_tokens: int) -> str:
     import torch
     import transformers
@@ -124,7 +99,7 @@ def reference_tokens(model: ResolvedModel, device: str, input_ids: np.ndarray, n
     from pytest_llmperf.backends.base import LoadRequest
     from pytest_llmperf.launch.inline import InlineLauncher
 
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+    kind = device_kind(device)
     directory = cache_dir / "references"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{_reference_key(model, kind, input_ids, new_tokens)}.npy"

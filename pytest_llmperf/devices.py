@@ -40,11 +40,12 @@ def resolve_device(requested: str) -> str:
 
 
 def device_kind(device: str) -> str:
+    """"cuda:1" -> "cuda", "cpu" -> "cpu"."""
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def device_memory_bytes(device: str) -> int | None:
-    if not device.startswith("cuda"):
+    if device_kind(device) != "cuda":
         return None
     import torch
 
@@ -53,7 +54,7 @@ def device_memory_bytes(device: str) -> int | None:
 
 def device_bandwidth(device: str) -> float | None:
     """Peak memory bandwidth (bytes/s) of a CUDA device from NVML; None on CPU or when unknown."""
-    if not device.startswith("cuda"):
+    if device_kind(device) != "cuda":
         return None
     index = cuda_index(device)
     gpus = nvml.visible_devices()

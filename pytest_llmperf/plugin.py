@@ -86,6 +86,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_llmperf.store import HistoryError
 
     worker_input = getattr(config, "workerinput", None)
+    if worker_input is None:  # the session's start: remove what groups of killed sessions left
+        from pytest_llmperf.launch.leftovers import remove_dead_groups_leftovers
+
+        remove_dead_groups_leftovers()
     try:
         config.stash[SESSION] = RunSession.start(
             settings,

@@ -17,7 +17,7 @@ import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import accelerate
 import torch
@@ -195,7 +195,7 @@ def _map_device(device_map: dict[str, MapDevice], name: str) -> MapDevice:
 
 
 def _embedding_name(model: torch.nn.Module) -> str:
-    embeddings = model.get_input_embeddings()
+    embeddings = cast(transformers.PreTrainedModel, model).get_input_embeddings()
     return next(name for name, module in model.named_modules() if module is embeddings)
 
 
@@ -293,7 +293,8 @@ class AccelerateBackend:
         return tuple(sorted(set(self._device_map().values()), key=_device_order))
 
     def _device_map(self) -> dict[str, str]:
-        return {name: device_name(device) for name, device in self._loaded().hf_device_map.items()}
+        placed: dict[str, MapDevice] = self._loaded().hf_device_map  # type: ignore[assignment]  # set by accelerate
+        return {name: device_name(device) for name, device in placed.items()}
 
     def device_map(self) -> dict[str, str] | None:
         return self._device_map()

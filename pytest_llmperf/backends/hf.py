@@ -20,6 +20,6 @@ class HfBackend(OneModelBackend):
             if request.device == "cpu":
                 copy_into_memory(model)
             else:
-                model.to(request.device)
+                model.to(request.device)  # type: ignore[arg-type]  # transformers' wrapped ``to`` is mistyped
             model.eval()
         self._model = model

@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from pytest_llmperf.launch.agent import PARENT_PID_ENV
+from pytest_llmperf.launch.leftovers import keep_cited_logs, record_group, remove_dead_groups_leftovers
 from pytest_llmperf.launch.protocol import (
     BACKEND_ENV,
     COLLECTIVE_TIMEOUT_ENV,
@@ -39,6 +40,7 @@ from pytest_llmperf.launch.protocol import (
     Reply,
     rank_log_name,
 )
+from pytest_llmperf.launch.shm_buffers import buffer_prefix, remove_buffers
 
 #: lines of a rank's output quoted when it fails
 TAIL_LINES = 20
@@ -131,6 +133,11 @@ def rank_environment(spec: GroupSpec, control_addr: str, key: bytes) -> dict[str
     return env
 
 
+def _ready(conns: list[Connection], timeout: float) -> list[Connection]:
+    """The connections with something to read (or closed), within ``timeout`` seconds."""
+    return cast(list[Connection], wait(conns, timeout=timeout))
+
+
 class RankGroup:
     """Rank processes answering commands; use :meth:`start`, :meth:`call`, :meth:`close`."""
 
@@ -150,6 +157,7 @@ class RankGroup:
 
     @classmethod
     def start(cls, spec: GroupSpec) -> RankGroup:
+        remove_dead_groups_leftovers()
         group = cls(spec)
         try:
             group._start()
@@ -193,6 +201,7 @@ class RankGroup:
             by_rank[hello.rank] = (hello, item)
         self.hellos = [by_rank[r][0] for r in range(self.spec.world_size)]
         self._conns = [by_rank[r][1] for r in range(self.spec.world_size)]
+        record_group(self.spec.log_dir, self._shm_prefixes())  # before any command: the buffers come with 'load'
         self.devices = self._gather("join the process group", range(self.spec.world_size), deadline, None)
 
     def _accept(self) -> None:
@@ -246,11 +255,11 @@ class RankGroup:
             # too (a broken collective, or torchrun's SIGTERM), so deaths are looked at first
             received: list[tuple[int, Connection, Any]] = []
             closed: list[Connection] = []
-            for conn in wait(list(pending), timeout=min(0.5, remaining)):
+            for conn in _ready(list(pending), min(0.5, remaining)):
                 try:
-                    received.append((pending[conn], conn, conn.recv()))  # type: ignore[index,union-attr,arg-type]
+                    received.append((pending[conn], conn, conn.recv()))
                 except (EOFError, OSError):
-                    closed.append(conn)  # type: ignore[arg-type]
+                    closed.append(conn)
             if closed:
                 # which died first cannot be told from here (torchrun stops the rest at once, and a
                 # connection may close late): every rank that died is named (the agents' logs say which first)
@@ -290,12 +299,12 @@ class RankGroup:
         died: list[int] = []
         deadline = time.monotonic() + DEATH_GRACE_S
         while others and (remaining := deadline - time.monotonic()) > 0:
-            for conn in wait(others, timeout=remaining):
+            for conn in _ready(others, remaining):
                 try:
-                    conn.recv()  # type: ignore[union-attr]  # the group fails anyway: what it says no longer matters
+                    conn.recv()  # the group fails anyway: what it says no longer matters
                 except (EOFError, OSError):
-                    died.append(pending[conn])  # type: ignore[index]
-                    others.remove(conn)  # type: ignore[arg-type]
+                    died.append(pending[conn])
+                    others.remove(conn)
         return sorted(died)
 
     def _exit_note(self) -> str:
@@ -306,7 +315,7 @@ class RankGroup:
         codes = [a.poll() for a in self._agents]
         return "" if all(c is None for c in codes) else f" (launcher exit status {', '.join(map(str, codes))})"
 
-    def _fail(self, ranks: int | list[int] | None, message: str, traceback_text: str | None = None) -> None:
+    def _fail(self, ranks: int | list[int] | None, message: str, traceback_text: str | None = None) -> NoReturn:
         """Tear the group down and raise RankFailed with the last lines of these ranks' and the agents' logs."""
         parts = [message]
         if traceback_text:
@@ -320,6 +329,8 @@ class RankGroup:
         for log, text in tails:
             if text:
                 parts.append(f"--- last lines of {log.name} ({log}) ---\n{text}")
+        if any(text for _, text in tails):
+            keep_cited_logs(self.spec.log_dir)
         raise RankFailed("\n".join(parts))
 
     # ------------------------------------------------------------------ tear-down
@@ -341,11 +352,11 @@ class RankGroup:
                 pass
         deadline = time.monotonic() + 30
         while live and time.monotonic() < deadline and all(a.poll() is None for a in self._agents):
-            for conn in wait(live, timeout=0.5):
+            for conn in _ready(live, 0.5):
                 with contextlib.suppress(EOFError, OSError):
-                    conn.recv()  # type: ignore[union-attr]
+                    conn.recv()
                     continue
-                live.remove(conn)  # type: ignore[arg-type]
+                live.remove(conn)
         for agent in self._agents if graceful else ():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 agent.wait(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
@@ -379,11 +390,11 @@ class RankGroup:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 agent.wait(timeout=1)
 
+    def _shm_prefixes(self) -> list[str]:
+        """The names of this group's DeepSpeed /dev/shm buffers (made by its ranks on this machine), but the rank."""
+        host = socket.gethostname()
+        return sorted({buffer_prefix(h.master_addr, h.master_port) for h in self.hellos if h.host == host})
+
     def _remove_shared_memory(self) -> None:
-        """DeepSpeed's CPU all-reduce leaves one /dev/shm file per rank behind (named by uid, host, port)."""
-        shm = Path("/dev/shm")
-        for hello in self.hellos:
-            prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_{hello.master_addr}_{hello.master_port}_"
-            for path in shm.glob(prefix + "*") if shm.is_dir() else ():
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        """DeepSpeed's CPU all-reduce leaves one /dev/shm file per rank behind."""
+        remove_buffers(self._shm_prefixes())

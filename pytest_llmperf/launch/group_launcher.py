@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +24,11 @@ class GroupLauncher:
         except RankUnavailable as e:
             raise BackendUnavailable(str(e)) from None
 
-    def _call(self, name: str, args: dict | None = None, **kw):
+    def run(self, name: str, args: dict[str, Any] | None = None, *, ranks: list[int] | None = None,
+            per_rank: list[dict[str, Any]] | None = None, progress: ProgressFn | None = None) -> list[Any]:
+        """``per_rank[r]``: more arguments for rank r; ``progress``: fed from rank 0."""
         try:
-            return self.group.call(name, args, **kw)
+            return self.group.call(name, args, ranks=ranks, per_rank=per_rank, progress=progress)
         except RankUnavailable as e:
             raise BackendUnavailable(str(e)) from None
 
@@ -34,27 +37,24 @@ class GroupLauncher:
             {"request": replace(request, device=device, devices=(device,), rank=r, world_size=self.world_size)}
             for r, device in enumerate(self.group.devices)
         ]
-        loads = self._call("load", per_rank=per_rank)
+        loads = self.run("load", per_rank=per_rank)
         return merge_loads(loads, self.group.devices, list(self._labels))
 
     def first_generate(self, input_ids: np.ndarray, new_tokens: int) -> float | None:
-        seconds = self._call("first_generate", {"input_ids": input_ids, "new_tokens": new_tokens})
+        seconds = self.run("first_generate", {"input_ids": input_ids, "new_tokens": new_tokens})
         return None if any(s is None for s in seconds) else max(seconds)
 
     def generate(self, config: GenerateConfig, input_ids: np.ndarray,
                  progress: ProgressFn | None = None) -> GenerateResult:
-        results = self._call("generate", {"config": config, "input_ids": input_ids}, progress=progress)
+        results = self.run("generate", {"config": config, "input_ids": input_ids}, progress=progress)
         return merge_generates(results, independent_streams=self._independent_streams)
 
     def tokens(self, input_ids: np.ndarray, new_tokens: int) -> list[np.ndarray]:
         """Every rank's greedy output."""
-        return self._call("tokens", {"input_ids": input_ids, "new_tokens": new_tokens})
-
-    def perturb_weight(self, rank: int) -> str:
-        return self._call("perturb_weight", ranks=[rank])[0]
+        return self.run("tokens", {"input_ids": input_ids, "new_tokens": new_tokens})
 
     def limit_memory(self, headroom_bytes: int) -> list[int]:
-        return self._call("limit_memory", {"headroom_bytes": headroom_bytes})
+        return self.run("limit_memory", {"headroom_bytes": headroom_bytes})
 
     def close(self) -> None:
         self.group.close()

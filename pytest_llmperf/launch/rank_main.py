@@ -1,8 +1,8 @@
 """The program each rank runs: join the process group, connect back to the test, obey commands.
 
 Started by torch's elastic agent (``torchrun``), which sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR
-and MASTER_PORT. Everything a rank measures goes through :class:`~pytest_llmperf.measure.rank.RankRunner`,
-exactly as in the inline launcher.
+and MASTER_PORT. Each command is run by name from :mod:`pytest_llmperf.launch.commands`, the table the
+inline launcher runs too, so every rank measures exactly as a test's own process does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import traceback
 from datetime import timedelta
 from multiprocessing.connection import Client, Connection
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pytest_llmperf.launch.lifetime import die_with_parent
 from pytest_llmperf.launch.protocol import (
@@ -23,12 +23,14 @@ from pytest_llmperf.launch.protocol import (
     CONTROL_KEY_ENV,
     DEVICE_KIND_ENV,
     LOG_DIR_ENV,
-    Command,
     Hello,
     Progress,
     Reply,
     rank_log_name,
 )
+
+if TYPE_CHECKING:
+    from pytest_llmperf.launch.commands import Rank
 
 
 def _redirect_output(log_dir: str, rank: int) -> None:
@@ -58,47 +60,6 @@ def _init_process_group(kind: str, local_rank: int, timeout_s: float) -> str:
     return device
 
 
-class _Rank:
-    def __init__(self, conn: Connection, backend_id: str, device: str):
-        from pytest_llmperf.backends import backend_class
-        from pytest_llmperf.measure.rank import RankRunner
-
-        self._conn = conn
-        self.runner: RankRunner | None = None
-        self._backend_id = backend_id
-        self._device = device
-        self._backend_class = backend_class
-
-    def _progress(self, what: str, done: int, total: int) -> None:
-        self._conn.send(Progress(what, done, total))
-
-    def run(self, command: Command) -> Any:
-        from pytest_llmperf.measure.rank import RankRunner
-
-        args = command.args
-        if command.name == "load":
-            self.runner = RankRunner(self._backend_class(self._backend_id)(), self._device)
-            return self.runner.load(args["request"])
-        if self.runner is None:
-            raise RuntimeError(f"command {command.name!r} before 'load'")
-        if command.name == "first_generate":
-            return self.runner.first_generate(args["input_ids"], args["new_tokens"])
-        if command.name == "generate":
-            return self.runner.generate(args["config"], args["input_ids"],
-                                        self._progress if args.get("progress") else None)
-        if command.name == "tokens":
-            return self.runner.tokens(args["input_ids"], args["new_tokens"])
-        if command.name == "perturb_weight":
-            from pytest_llmperf.correctness import perturb_one_weight
-
-            return perturb_one_weight(self.runner.backend.module())
-        if command.name == "limit_memory":
-            from pytest_llmperf.measure.memory_limit import limit_memory
-
-            return limit_memory(self._device, args["headroom_bytes"])
-        raise ValueError(f"unknown command {command.name!r}")
-
-
 def main() -> int:
     die_with_parent()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
@@ -108,39 +69,52 @@ def main() -> int:
     conn.send(Hello(rank=rank, local_rank=local_rank, world_size=int(os.environ["WORLD_SIZE"]), pid=os.getpid(),
                     host=socket.gethostname(), master_addr=os.environ.get("MASTER_ADDR", ""),
                     master_port=os.environ.get("MASTER_PORT", "")))
-    rank_state: _Rank | None = None
     try:
+        from pytest_llmperf.launch.commands import Rank, import_command_modules
+
+        import_command_modules()
         device = _init_process_group(os.environ[DEVICE_KIND_ENV], local_rank,
                                      float(os.environ.get(COLLECTIVE_TIMEOUT_ENV, "600")))
-        rank_state = _Rank(conn, os.environ[BACKEND_ENV], device)
+        state = Rank(os.environ[BACKEND_ENV], device)
         conn.send(Reply(value=device))
     except Exception as exc:
         conn.send(Reply(error_type=type(exc).__name__, error=str(exc), traceback=traceback.format_exc()))
         return 1
+    return _obey(conn, state)
+
+
+def _obey(conn: Connection, rank: Rank) -> int:
+    """Run commands until ``close``; a command's error is its reply, and the rank goes on."""
+    from pytest_llmperf.launch.commands import CLOSE, run_command
+
+    def progress(what: str, done: int, total: int) -> None:
+        conn.send(Progress(what, done, total))
+
     while True:
         try:
             command = conn.recv()
         except EOFError:
             return 1  # the test process is gone
-        if command.name == "close":
-            break
+        args = dict(command.args)
+        if args.pop("progress", False):
+            args["progress"] = progress
         try:
-            reply = Reply(value=rank_state.run(command))
+            reply = Reply(value=run_command(rank, command.name, args))
         except Exception as exc:
             print(traceback.format_exc(), file=sys.stderr, flush=True)
             reply = Reply(error_type=type(exc).__name__, error=str(exc), traceback=traceback.format_exc())
+        if command.name == CLOSE:
+            break
         conn.send(reply)
-    _shutdown(rank_state)
+    _leave_process_group()
     conn.send(Reply(value="closed"))
     conn.close()
     return 0
 
 
-def _shutdown(rank_state: _Rank) -> None:
+def _leave_process_group() -> None:
     import torch.distributed as dist
 
-    if rank_state.runner is not None:
-        rank_state.runner.close()
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -67,7 +67,7 @@ def test_a_stale_baton_does_not_hang_the_next_process_that_loads_the_op():
     loader = subprocess.run(
         [sys.executable, "-c", "from pytest_llmperf.backends.deepspeed_ops import load_cpu_comm_op; "
                                "load_cpu_comm_op(); print('loaded')"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert loader.returncode == 0, loader.stderr[-2000:]
     assert "loaded" in loader.stdout

@@ -3,6 +3,8 @@
 import json
 import sqlite3
 
+from tests.launch.weight_fault import command_env
+
 INNER = """
 import pytest
 
@@ -23,7 +25,7 @@ def test_offload(llm):
 @pytest.mark.llmperf(backend="hf-tp", world_size=2)
 def test_perturbed(llm):
     assert llm.correctness.outcome == "match"
-    llm.launcher.perturb_weight(1)  # one weight, on rank 1 only
+    llm.launcher.run("perturb_weight", ranks=[1])  # one weight, on rank 1 only (tests/launch/weight_fault.py)
     llm.check_correctness()
     llm.generate(batch_size=1)
 """
@@ -38,8 +40,10 @@ def _rows(path, sql):
         conn.close()
 
 
-def test_parallel_backends_match_hf_and_land_in_the_history(pytester, model_cache, tmp_path):
+def test_parallel_backends_match_hf_and_land_in_the_history(pytester, model_cache, tmp_path, monkeypatch):
     pytester.makepyfile(test_parallel=INNER)
+    for name, value in command_env().items():  # the ranks know the tests' perturb_weight command
+        monkeypatch.setenv(name, value)
     db = tmp_path / "history.db"
     result = pytester.runpytest_subprocess(
         "--llmperf", f"--llmperf-model-cache={model_cache}", f"--llmperf-db={db}", "--llmperf-cpu-slots=2",

@@ -106,7 +106,10 @@ def test_faulty_ranks_fail_their_tests_clearly_and_leave_nothing_behind(pytester
     pytester.makepyfile(test_faults=INNER)
     mark = secrets.token_hex(8)
     monkeypatch.setenv(MARK_ENV, mark)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(pytester.path), os.environ.get("PYTHONPATH")) if p))
+    (pytester.path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(pytester.path / "tmp"))  # the inner tests' scratch folders: kept logs land here
+    paths = (str(pytester.path), os.environ.get("PYTHONPATH"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
     result = run_llmperf("--llmperf-cpu-slots=2", "--llmperf-rank-timeout=30",
                          f"--llmperf-pool-dir={pytester.path / 'pool'}", "-rA", subprocess=True)
@@ -127,6 +130,12 @@ def test_faulty_ranks_fail_their_tests_clearly_and_leave_nothing_behind(pytester
     assert "rank 1 died during 'first_generate'" in sections["test_dies"] or \
         "rank 0, 1 died during 'first_generate'" in sections["test_dies"], sections["test_dies"]
     assert "FAULTY-BACKEND-LAST-WORDS: rank 1 will kill in generate" in sections["test_dies"]
+    # the logs a failure quotes are still there for whoever reads the report after the session
+    for name, section in sections.items():
+        cited = re.findall(r"^--- last lines of \S+ \((.+)\) ---$", section, re.M)
+        assert cited, f"{name} cites no log:\n{section}"
+        missing = [path for path in cited if not Path(path).is_file()]
+        assert not missing, f"{name} cites logs that were removed: {missing}"
 
     # every process the inner tests saw in their groups is gone, and nothing else of that run is running
     noted = [json.loads(line) for line in (pytester.path / "group-processes.jsonl").read_text().splitlines()]

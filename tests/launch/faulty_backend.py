@@ -42,8 +42,10 @@ def _parse(text: str) -> tuple[str, str, int, int, float] | None:
     if not text:
         return None
     parts = text.split(":")
-    if not 3 <= len(parts) <= 5 or parts[0] not in ("raise", "hang", "kill", "kill-held") or parts[1] not in ("load", "generate"):
-        raise ValueError(f"{FAULT_ENV}={text!r}: expected '<raise|hang|kill|kill-held>:<load|generate>:<rank>[:<skip>[:<delay_s>]]'")
+    actions, phases = ("raise", "hang", "kill", "kill-held"), ("load", "generate")
+    if not 3 <= len(parts) <= 5 or parts[0] not in actions or parts[1] not in phases:
+        raise ValueError(f"{FAULT_ENV}={text!r}: expected "
+                         "'<raise|hang|kill|kill-held>:<load|generate>:<rank>[:<skip>[:<delay_s>]]'")
     skip = int(parts[3]) if len(parts) > 3 else 0
     delay_s = float(parts[4]) if len(parts) > 4 else 0.0
     return parts[0], parts[1], int(parts[2]), skip, delay_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from pytest_llmperf.launch.protocol import Hello
+from pytest_llmperf.launch.shm_buffers import buffer_prefix
 
 HERE = Path(__file__).resolve().parent
 PROMPT_TOKENS = 8
@@ -60,10 +62,8 @@ def survivors(procs: list[psutil.Process], *, wait_s: float = 0.0) -> list[str]:
 def kill_all(procs: list[psutil.Process]) -> None:
     """Clean up after a failed test, so that one failure does not leave processes behind for the others."""
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
 
 
 def remove_shm_files(hellos: list[Hello]) -> None:
@@ -75,6 +75,5 @@ def shm_files(hellos: list[Hello]) -> list[str]:
     """DeepSpeed's /dev/shm all-reduce buffers of this group (named by uid, MASTER_ADDR and MASTER_PORT)."""
     names = set()
     for h in hellos:
-        prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_{h.master_addr}_{h.master_port}_"
-        names.update(p.name for p in Path("/dev/shm").glob(prefix + "*"))
+        names.update(p.name for p in Path("/dev/shm").glob(buffer_prefix(h.master_addr, h.master_port) + "*"))
     return sorted(names)

@@ -29,6 +29,7 @@ from tests.launch.procs import (
     shm_files,
     survivors,
 )
+from tests.launch.weight_fault import PERTURB, command_env
 
 HF_DOUBLE = "faulty_backend:FaultyBackend"  # hf on every rank, coupled by a gloo all-reduce per generate
 DS_DOUBLE = "faulty_ds_backend:FaultyDsBackend"  # ds-inference AutoTP: DeepSpeed's /dev/shm all-reduce
@@ -162,17 +163,17 @@ def test_a_peer_that_fails_because_a_rank_died_is_not_blamed_for_it(faulty_group
 def loaded(request, llama, tmp_path_factory, deepspeed_cpu_op):
     """(backend, launcher, merged load, every rank's own load) of a healthy two-rank group."""
     backend = request.param
-    spec = GroupSpec(backend_id=backend, world_size=2, device_kind="cpu", timeout_s=120, env=group_env(),
+    spec = GroupSpec(backend_id=backend, world_size=2, device_kind="cpu", timeout_s=120, env=command_env(),
                      log_dir=tmp_path_factory.mktemp(f"{backend}-logs"))
     launcher = GroupLauncher(spec, labels=("cpu#0", "cpu#1"), independent_streams=backend == "ds-zero")
     per_rank: dict[str, list] = {}
-    call = launcher._call
+    call = launcher.run
 
     def spy(name, args=None, **kw):  # keep each rank's answer, as well as the merged one
         per_rank[name] = call(name, args, **kw)
         return per_rank[name]
 
-    launcher._call = spy
+    launcher.run = spy
     try:
         load = launcher.load(LoadRequest(llama.path, "float32", "cpu"))
         yield backend, launcher, load, per_rank["load"]
@@ -213,7 +214,7 @@ def test_the_group_generates_hf_tokens_and_a_perturbed_shard_is_caught(loaded, h
     assert check.outcome == "match", check.detail
     assert check.distinct_reference_tokens >= 8 and check.compared_tokens == 2 * 2 * CHECK_NEW_TOKENS
 
-    name = launcher.perturb_weight(1)
+    name = launcher.run(PERTURB, ranks=[1])[0]  # a command of the tests' own (weight_fault)
     assert "mlp" in name, name
     outputs = launcher.tokens(hf_reference.input_ids, CHECK_NEW_TOKENS)
     check = compare_tokens(hf_reference.tokens, outputs, prompt_tokens=PROMPT_TOKENS, exact=True)

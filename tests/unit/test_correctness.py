@@ -1,15 +1,12 @@
-"""The correctness check: greedy tokens compared with the reference's, and the weight perturbation that proves it can fail."""
+"""The correctness check: greedy tokens compared with the reference's, and the tests' weight perturbation that
+proves it can fail."""
 
 import numpy as np
 import pytest
 import torch
 
-from pytest_llmperf.correctness import (
-    HALF_PRECISION_PREFIX,
-    MIN_DISTINCT_TOKENS,
-    compare_tokens,
-    perturb_one_weight,
-)
+from pytest_llmperf.correctness import HALF_PRECISION_PREFIX, MIN_DISTINCT_TOKENS, compare_tokens
+from tests.launch.weight_fault import perturb_one_weight
 
 PROMPT = 3
 NEW = 12
