@@ -99,9 +99,9 @@ def _missing_db(path: Path) -> bool:
 
 
 def _history(args: argparse.Namespace) -> int:
+    from pytest_llmperf.history.store import HistoryStore
     from pytest_llmperf.report.history_table import history_table
     from pytest_llmperf.report.terminal import render_table
-    from pytest_llmperf.store import HistoryStore
 
     path = Path(args.db)
     if _missing_db(path):
@@ -141,11 +141,9 @@ def _runs(n: int) -> str:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from pytest_llmperf.history_admin import merge_histories
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.merge import merge_into
 
-    with HistoryStore.open(args.db) as dest:
-        report = merge_histories(dest, [Path(s) for s in args.sources])
+    report = merge_into(Path(args.db), [Path(s) for s in args.sources])
     for s in report.sources:
         print(f"{s.source}: {_runs(s.runs_added)} added, {s.runs_replaced} replaced (were still running in "
               f"{args.db}), {s.runs_skipped} skipped (already in {args.db})")
@@ -155,8 +153,10 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _export_document(args: argparse.Namespace) -> dict[str, Any] | None:
-    from pytest_llmperf.history_admin import export_runs, newest_run_id, pytest_benchmark_document, resolve_run_id
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.benchmark_json import pytest_benchmark_document
+    from pytest_llmperf.history.export import export_runs
+    from pytest_llmperf.history.runs import newest_run_id, resolve_run_id
+    from pytest_llmperf.history.store import HistoryStore
 
     with HistoryStore.open(args.db) as store:
         runs = list(dict.fromkeys(resolve_run_id(store, r) for r in args.runs)) if args.runs else None
@@ -191,8 +191,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from pytest_llmperf.history_admin import prune_history
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.prune import prune_history
+    from pytest_llmperf.history.store import HistoryStore
 
     if _missing_db(Path(args.db)):
         return 2
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return {"history": _history, "plan": _plan, **HANDLERS, **ADMIN_HANDLERS}[args.command](args)
     except Exception as e:  # every expected failure is reported as one line, not a traceback
-        from pytest_llmperf.store import HistoryError
+        from pytest_llmperf.history.errors import HistoryError
 
         if isinstance(e, HistoryError):
             print(f"llmperf: {e}", file=sys.stderr)

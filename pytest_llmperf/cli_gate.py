@@ -105,10 +105,10 @@ def _run(args: argparse.Namespace, base: str, head: str) -> tuple[Any, Any] | No
 
 def _ab(args: argparse.Namespace) -> int:
     from pytest_llmperf.gate.ab import reproduce_command, store_verdicts
+    from pytest_llmperf.history.store import HistoryStore
     from pytest_llmperf.report.files import write_run_reports
     from pytest_llmperf.report.terminal import render_table
     from pytest_llmperf.report.verdicts import headline, verdict_table
-    from pytest_llmperf.store import HistoryStore
 
     ran = _run(args, args.base, args.head)
     if ran is None:
@@ -131,16 +131,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from pytest_llmperf.gate.calibrate import false_alarms, noise_by_series, trial_advice
+    from pytest_llmperf.history.store import HistoryStore
     from pytest_llmperf.report.terminal import render_table
-    from pytest_llmperf.store import HistoryStore
 
     ran = _run(args, args.rev, args.rev)
     if ran is None:
         return 2
     config, result = ran
     with HistoryStore.open(config.db) as store:
-        rows = noise_by_series(store.db, result.group, result.verdicts, rounds=result.rounds, detect=args.detect)
-        advice = trial_advice(store.db, result.group, rows)
+        rows = noise_by_series(store, result.group, result.verdicts, rounds=result.rounds, detect=args.detect)
+        advice = trial_advice(store, result.group, rows)
     table = Table(box=box.SIMPLE_HEAD)
     columns = ("series", "within-process CV", "between-process CV", "process SD (df)",
                f"detectable, {result.rounds} rounds", f"rounds for {args.detect:.0%}", "A/A verdict")
@@ -165,8 +165,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _accept(args: argparse.Namespace) -> int:
+    from pytest_llmperf.history.errors import HistoryError
+    from pytest_llmperf.history.runs import newest_run_id
+    from pytest_llmperf.history.store import HistoryStore
     from pytest_llmperf.measure.metrics import METRICS
-    from pytest_llmperf.store import HistoryError, HistoryStore
 
     if args.metric is not None and args.metric not in METRICS:
         print(f"llmperf accept: unknown metric {args.metric!r}; known metrics: {', '.join(METRICS)}", file=sys.stderr)
@@ -177,8 +179,7 @@ def _accept(args: argparse.Namespace) -> int:
         return 2
     try:
         with HistoryStore.open(path) as store:
-            run_id = args.run or store.db.execute(
-                "SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()[0]
+            run_id = args.run or newest_run_id(store)
             store.accept(run_id, args.test, args.reason, metric=args.metric)
     except (HistoryError, ValueError, TypeError) as e:
         print(f"llmperf accept: {e}", file=sys.stderr)

@@ -17,6 +17,7 @@ datasette_utils = pytest.importorskip("datasette.utils", reason=SKIP)
 from pytest_llmperf.environment import Environment, GitState, RunContext  # noqa: E402
 from pytest_llmperf.gate.history import HistoryBaseline, history_comparisons  # noqa: E402
 from pytest_llmperf.gate.verdict import judge  # noqa: E402
+from pytest_llmperf.history.store import HistoryStore  # noqa: E402
 from pytest_llmperf.measure.metrics import TRIAL_METRICS  # noqa: E402
 from pytest_llmperf.results import (  # noqa: E402
     BenchRecord,
@@ -29,7 +30,6 @@ from pytest_llmperf.results import (  # noqa: E402
     PageCache,
     Trial,
 )
-from pytest_llmperf.store import HistoryStore  # noqa: E402
 
 METADATA_PATH = Path(__file__).resolve().parents[2] / "dashboards" / "metadata.yml"
 METADATA = datasette_utils.parse_metadata(METADATA_PATH.read_text())
@@ -114,7 +114,7 @@ def history(tmp_path_factory) -> Built:
             store.record_test(run_id, record(rng, DS, "deepspeed", "kernel-inject", 2, 0.5,
                                              oom=(16,) if ds_oom else ()), test_outcome="passed")
             store.finish_run(run_id, "complete")
-            verdicts = judge(history_comparisons(store.db, run_id, HistoryBaseline(branch="main")))
+            verdicts = judge(history_comparisons(store, run_id, HistoryBaseline(branch="main")))
             store.record_verdicts(run_id, verdicts, baseline_kind="history")
             if run_id != built.latest:  # stored when the run ended; the latest run's verdicts are from now
                 with store.transaction() as db:
