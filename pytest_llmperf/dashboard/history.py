@@ -105,7 +105,8 @@ def load_history(path: Path, *, flag: str = DEFAULT_FLAG) -> History:
         for key, found in series_points(store, DASHBOARD_METRICS).items():
             subject = found.subject
             page = page_key(subject)
-            for run_id, value, q1, q3, budget in found.points:
+            for run_id, value, q1, q3, budget in zip(found.run_ids, found.values, found.q1, found.q3,
+                                                      found.budget_limits, strict=True):
                 run = runs[run_id]
                 s = series.get((key, run.branch))
                 if s is None:

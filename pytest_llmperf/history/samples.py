@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 
 from pytest_llmperf.history.ordering import OLDEST_FIRST, marks
 from pytest_llmperf.history.series_columns import SERIES_COLUMNS, series_key_from, series_select
@@ -86,38 +85,42 @@ def other_environments(store: HistoryStore, subject: SeriesKey, run_ids: Sequenc
                               if replace(k, env_fingerprint=subject.env_fingerprint) == subject))
 
 
-class Point(NamedTuple):
-    """One run's value of a series (a named tuple: the dashboard reads hundreds of thousands)."""
-
-    run_id: str
-    value: float
-    q1: float | None
-    q3: float | None
-    budget_limit: float | None
-
-
 @dataclass(frozen=True)
 class SeriesPoints:
-    """One series' values in every run outside A/B groups, oldest run first."""
+    """One series' values in every run outside A/B groups, oldest run first, as columns (a dashboard reads
+    hundreds of thousands of points)."""
 
     subject: SeriesKey
     unit: str
-    points: list[Point]
+    run_ids: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    q1: list[float | None] = field(default_factory=list)
+    q3: list[float | None] = field(default_factory=list)
+    budget_limits: list[float | None] = field(default_factory=list)
 
 
 def series_points(store: HistoryStore, metrics: Sequence[str]) -> dict[str, SeriesPoints]:
-    """Every series of these metrics, keyed by series key, with its values in the runs outside A/B groups."""
-    out: dict[str, SeriesPoints] = {}
+    """Every series of these metrics, keyed by series key, with its values in the runs outside A/B groups.
+
+    Each series' identity is read once, its points with only the columns a point has."""
+    outside_ab = (f"FROM results res JOIN runs ON runs.id = res.run_id "
+                  f"WHERE runs.ab_group IS NULL AND res.metric IN ({marks(metrics)})")
     n = len(SERIES_COLUMNS)
-    for row in store.db.execute(
-            f"SELECT {series_select('res')}, res.series_key, res.unit, res.run_id, res.value, res.q1, res.q3, "
-            f"res.budget_limit FROM results res JOIN runs ON runs.id = res.run_id "
-            f"WHERE runs.ab_group IS NULL AND res.metric IN ({marks(metrics)}) {OLDEST_FIRST}", list(metrics)):
-        key, unit = row[n], row[n + 1]
+    found = {row[n]: (series_key_from(row), row[n + 1]) for row in store.db.execute(
+        f"SELECT {series_select('res')}, res.series_key, res.unit {outside_ab} GROUP BY res.series_key", list(metrics))}
+    out: dict[str, SeriesPoints] = {}
+    for key, run_id, value, q1, q3, budget in store.db.execute(
+            f"SELECT res.series_key, res.run_id, res.value, res.q1, res.q3, res.budget_limit {outside_ab} "
+            f"{OLDEST_FIRST}", list(metrics)):
         series = out.get(key)
         if series is None:
-            series = out[key] = SeriesPoints(subject=series_key_from(row), unit=unit, points=[])
-        series.points.append(Point(*row[n + 2:]))
+            subject, unit = found[key]
+            series = out[key] = SeriesPoints(subject=subject, unit=unit)
+        series.run_ids.append(run_id)
+        series.values.append(value)
+        series.q1.append(q1)
+        series.q3.append(q3)
+        series.budget_limits.append(budget)
     return out
 
 
