@@ -62,3 +62,10 @@ def series_key(metric: str = "tokens_per_s", test_id: str = "t", *, batch_size: 
     return SeriesKey(test_id=test_id, model_id="m", model_config_hash="cafe", backend="hf", variant="default",
                      dtype=dtype, world_size=1, point=LoadPoint.of(batch_size=batch_size), metric=metric,
                      env_fingerprint="env")
+
+#: the nightly runner of the gate's and the history browser's tests
+NIGHTLY_H100 = Environment(device_kind="cuda", device_model="NVIDIA H100 80GB HBM3", device_count=1, driver="550.54",
+                           cuda="12.4", python="3.11.9", torch="2.4.0", transformers="4.44.0", accelerate="0.33.0",
+                           deepspeed="0.15.1")
+LLAMA_TINY = ModelIdentity(model_id="synthetic:llama-tiny", config_hash="d4b03f1efd6651e9", model_type="llama",
+                           dtype="bfloat16", num_parameters=205120)

@@ -18,17 +18,13 @@ from pytest_llmperf.results import (
     GenerateResult,
     LoadResult,
     MemoryPeak,
-    ModelIdentity,
     PageCache,
     Trial,
 )
+from tests.factories import LLAMA_TINY as MODEL
+from tests.factories import NIGHTLY_H100 as H100
 
-H100 = Environment(device_kind="cuda", device_model="NVIDIA H100 80GB HBM3", device_count=1, driver="550.54",
-                   cuda="12.4", python="3.11.9", torch="2.4.0", transformers="4.44.0", accelerate="0.33.0",
-                   deepspeed=None)
 A100 = replace(H100, device_model="NVIDIA A100-SXM4-80GB")
-MODEL = ModelIdentity(model_id="synthetic:llama-tiny", config_hash="d4b03f1efd6651e9", model_type="llama",
-                      dtype="bfloat16", num_parameters=205120)
 TEST = "suites/test_bloom_study.py::test_load[llama-tiny-hf]"
 NO_GATE = GateSpec()
 
