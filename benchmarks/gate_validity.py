@@ -43,7 +43,7 @@ from pytest_llmperf.gate.history import HISTORY_ALPHA, recent_windows
 from pytest_llmperf.gate.noise import noise_parts, pooled
 from pytest_llmperf.gate.verdict import DEFAULT_ALPHA, Comparison, Outcome, judge
 from pytest_llmperf.measure.metrics import GATED_METRICS, metric
-from pytest_llmperf.series import Subject
+from pytest_llmperf.series import LoadPoint, SeriesKey
 
 DATA = Path(__file__).parent / "data"
 TESTS = [f"m{m}-{b}" for m in range(2) for b in ("hf", "accelerate", "ds-inference")]
@@ -89,15 +89,25 @@ def _noise_batch(source: Source, batch: int) -> int:
     return max((s for s in sizes if s <= batch), default=sizes[0])
 
 
+def _subject(test: str, batch: int | None, name: str) -> SeriesKey:
+    return SeriesKey(test_id=test, model_id="model", model_config_hash="", backend="hf", variant="default",
+                     dtype="bfloat16", world_size=1, point=LoadPoint.of(batch_size=batch), metric=name,
+                     env_fingerprint="simulated")
+
+
+def _name(subject: SeriesKey) -> str:
+    """The simulation's name of a series: ``test:batch:metric``, or ``test:load_s``."""
+    batch = subject.point.batch_size
+    return f"{subject.test_id}:{subject.metric}" if batch is None else f"{subject.test_id}:{batch}:{subject.metric}"
+
+
 class Simulator:
     """Processes of the suite's shape; ``slowdown`` makes the head's first test's batch 1 slower."""
 
     def __init__(self, source: Source, rng: np.random.Generator, trials: int = 8):
         self.source, self.rng, self.trials = source, rng, trials
-        self.subjects = [Subject(f"{t}:{b}:{m}", t, "model", "hf", "default", "bfloat16", 1, b, m)
-                         for t in TESTS for b in BATCHES for m in METRICS]
-        self.subjects += [Subject(f"{t}:load_s", t, "model", "hf", "default", "bfloat16", 1, None, "load_s")
-                          for t in TESTS]
+        self.subjects = [_subject(t, b, m) for t in TESTS for b in BATCHES for m in METRICS]
+        self.subjects += [_subject(t, None, "load_s") for t in TESTS]
         # one row per (test, batch) series: its batch, the batch whose noise it takes, and its real processes
         self.cells = [(t, b) for t in TESTS for b in BATCHES]
         noise_batches = [_noise_batch(source, b) for _, b in self.cells]
@@ -146,7 +156,7 @@ def _wilson(k: int, n: int) -> tuple[float, float]:
 
 def _prior_groups(sim: Simulator, groups: int = 8, size: int = 3) -> dict[str, list[list[float]]]:
     earlier = [[sim.process() for _ in range(size)] for _ in range(groups)]
-    return {s.series_key: [[math.log(p[s.series_key]) for p in g] for g in earlier] for s in sim.subjects}
+    return {_name(s): [[math.log(p[_name(s)]) for p in g] for g in earlier] for s in sim.subjects}
 
 
 CHANGED = "m0-hf:1:tokens_per_s"
@@ -165,21 +175,21 @@ def ab_run(sim: Simulator, slowdown: float, *, history: bool, config: AbConfig) 
     def compare() -> list[Comparison]:
         out = []
         for s in sim.subjects:
-            noise = pooled(prior[s.series_key], "history") if history else None
-            evidence = compare_processes([[p[s.series_key]] for p in base], [[p[s.series_key]] for p in head],
+            noise = pooled(prior[_name(s)], "history") if history else None
+            evidence = compare_processes([[p[_name(s)]] for p in base], [[p[_name(s)]] for p in head],
                                          prior=noise)
             out.append(Comparison(s, evidence, "base", gated=s.metric in GATED_METRICS))
         return out
 
     rounds, verdicts = run_rounds(config, run_round, compare, log=lambda _: None)
-    changed = next(v for v in verdicts if v.subject.series_key == CHANGED)
+    changed = next(v for v in verdicts if _name(v.subject) == CHANGED)
     return any(v.fails for v in verdicts), changed.outcome.value, rounds
 
 
-def _history_verdicts(sim: Simulator, runs: list[dict[str, float]], subjects: list[Subject]) -> list:
+def _history_verdicts(sim: Simulator, runs: list[dict[str, float]], subjects: list[SeriesKey]) -> list:
     comparisons = []
     for s in subjects:
-        values = [r[s.series_key] for r in runs]
+        values = [r[_name(s)] for r in runs]
         evidence, windows = recent_windows(values[-2::-1], values[-1], 10, metric(s.metric).better)
         comparisons.append(Comparison(s, evidence, "main", gated=s.metric in GATED_METRICS, windows=windows))
     return judge(comparisons, alpha=HISTORY_ALPHA)
@@ -199,7 +209,7 @@ def history_run(sim: Simulator, slowdown: float, *, age: int, length: int = 30, 
         again = _history_verdicts(sim, rerun, [s for s in sim.subjects if s.test_id in failing])
         verdicts = reconcile(verdicts, again, "rerun")
         processes = 2
-    changed = next(v for v in verdicts if v.subject.series_key == CHANGED)
+    changed = next(v for v in verdicts if _name(v.subject) == CHANGED)
     return any(v.fails for v in verdicts), changed.outcome.value, processes
 
 

@@ -7,8 +7,6 @@ describes a run but must not split a series (host name, git commit and branch, c
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import socket
@@ -17,6 +15,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+from pytest_llmperf.digest import canonical_digest
 from pytest_llmperf.measure import nvml
 from pytest_llmperf.measure.conditions import Conditions, all_clocks_locked
 
@@ -47,8 +46,7 @@ class Environment:
         return {k: v for k, v in asdict(self).items() if not (k in _LATER_FIELDS and v is None)}
 
     def fingerprint(self) -> str:
-        canonical = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return canonical_digest(self.canonical(), 16)
 
 
 @dataclass(frozen=True)
@@ -126,20 +124,37 @@ def collect_environment(device_kind: str, conditions: Conditions | None = None) 
     )
 
 
-def _git(root: Path, *args: str) -> str | None:
+class GitError(Exception):
+    """A git command failed or could not run; the message names the command, the folder and git's words."""
+
+
+def git(root: Path, *args: str, timeout: float | None = None) -> str:
+    """The stripped standard output of ``git -C root ARGS``; GitError when it cannot run or fails."""
+    command = f"git {' '.join(args)}"
     try:
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=timeout,
+                             check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise GitError(f"{command} could not run in {root}: {exc}") from exc
+    if out.returncode != 0:
+        raise GitError(f"{command} failed in {root}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+def _git_or_none(root: Path, *args: str) -> str | None:
+    """What describes a run is best effort: None where git is missing, slow or says no."""
+    try:
+        return git(root, *args, timeout=10)
+    except GitError:
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def git_state(root: Path) -> GitState:
-    commit = _git(root, "rev-parse", "HEAD")
+    commit = _git_or_none(root, "rev-parse", "HEAD")
     if commit is None:
         return GitState(None, None, None)
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    status = _git_or_none(root, "status", "--porcelain", "--untracked-files=no")
+    branch = _git_or_none(root, "rev-parse", "--abbrev-ref", "HEAD")
     if branch in (None, "HEAD"):  # a detached checkout, as CI makes: the branch CI says it is building
         branch = os.environ.get("LLMPERF_BRANCH") or os.environ.get("GITHUB_HEAD_REF") or \
             os.environ.get("GITHUB_REF_NAME") or branch
@@ -148,11 +163,11 @@ def git_state(root: Path) -> GitState:
 
 def default_branch(root: Path) -> str:
     """The repository's default branch: origin's HEAD, else init.defaultBranch, main or master if it exists."""
-    remote_head = _git(root, "symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD")
+    remote_head = _git_or_none(root, "symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD")
     if remote_head and "/" in remote_head:
         return remote_head.split("/", 1)[1]
-    for name in (_git(root, "config", "init.defaultBranch"), "main", "master"):
-        if name and _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}") is not None:
+    for name in (_git_or_none(root, "config", "init.defaultBranch"), "main", "master"):
+        if name and _git_or_none(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}") is not None:
             return name
     return "main"
 

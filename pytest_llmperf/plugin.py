@@ -82,8 +82,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.collectonly:  # a collection measures nothing: it is not a run
         return
 
+    from pytest_llmperf.history.errors import HistoryError
     from pytest_llmperf.session import RunSession
-    from pytest_llmperf.store import HistoryError
 
     worker_input = getattr(config, "workerinput", None)
     if worker_input is None:  # the session's start: remove what groups of killed sessions left
@@ -307,7 +307,7 @@ def _record_finished_test(item: pytest.Item, report: pytest.TestReport) -> None:
     Done while making the teardown report, so that under pytest-xdist the record reaches the
     controller's summary and a failed write fails this test where everyone sees it.
     """
-    from pytest_llmperf.store import HistoryError
+    from pytest_llmperf.history.errors import HistoryError
 
     bench = item.stash.get(BENCH, None)
     if bench is not None and RECORD not in item.stash:
@@ -386,6 +386,7 @@ def _confirmation_rerun(config: pytest.Config, run: Any) -> Callable[[list[str]]
         import subprocess
 
         from pytest_llmperf.gate.confirm import confirmation_command, confirmation_label
+        from pytest_llmperf.history.runs import newest_run_ids
 
         command = confirmation_command([str(a) for a in config.invocation_params.args], [str(a) for a in config.args],
                                        test_ids, run.run_id, str(config.rootpath))
@@ -393,9 +394,7 @@ def _confirmation_rerun(config: pytest.Config, run: Any) -> Callable[[list[str]]
         if reporter is not None:
             reporter.write_sep("-", f"llmperf: confirming {len(set(test_ids))} regressed test(s) in a new process")
         subprocess.run(command, check=False, cwd=config.rootpath)
-        row = run.store.db.execute("SELECT id FROM runs WHERE label = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
-                                   [confirmation_label(run.run_id)]).fetchone()
-        return row[0] if row else None
+        return next(iter(newest_run_ids(run.store, label=confirmation_label(run.run_id))), None)
 
     return rerun
 

@@ -209,7 +209,7 @@ class BenchRecord:
     #: the largest batch that fitted, when searched (``--llmperf-max-batch``)
     max_batch: int | None = None
     #: the test's regression-gate settings
-    gate: GateSpec = GateSpec()
+    gate: GateSpec = field(default_factory=GateSpec)
 
     def load_metric_values(self) -> dict[str, float]:
         values = self.load.metric_values() if self.load else {}

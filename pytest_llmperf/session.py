@@ -1,4 +1,4 @@
-"""One run of the performance suite: its id, its history store, and the records it collects.
+"""One run of the performance suite: its id and its history store.
 
 Under pytest-xdist the controller creates the run and hands its id to the workers; each worker
 writes its own tests into the same run, so a whole ``pytest -n N`` session is one run.
@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_llmperf.devices import DeviceUnavailable, device_kind, resolve_device
 from pytest_llmperf.environment import collect_environment, collect_run_context
+from pytest_llmperf.history.store import HistoryStore
 from pytest_llmperf.results import BenchRecord
 from pytest_llmperf.settings import DEFAULT_KNOBS, Settings, resolve_knobs
-from pytest_llmperf.store import HistoryStore
 
 if TYPE_CHECKING:
     from pytest_llmperf.gate.verdict import Verdict
@@ -36,7 +36,6 @@ class RunSession:
     run_id: str
     #: True in the process that owns the run (no xdist, or the xdist controller)
     owns_run: bool
-    records: list[BenchRecord] = field(default_factory=list)
 
     @classmethod
     def start(cls, settings: Settings, *, run_id: str | None, project_root: Path,
@@ -86,11 +85,11 @@ class RunSession:
 
         baseline = HistoryBaseline(branch=self.settings.baseline_branch or default_branch(project_root),
                                    runs=self.settings.baseline_runs)
-        verdicts = judge(history_comparisons(self.store.db, self.run_id, baseline), alpha=HISTORY_ALPHA)
+        verdicts = judge(history_comparisons(self.store, self.run_id, baseline), alpha=HISTORY_ALPHA)
         failing = [v.subject.test_id for v in verdicts if v.fails]
         if confirm is not None and failing:
             rerun_id = confirm(failing)
-            rerun = judge(history_comparisons(self.store.db, rerun_id, baseline, exclude=(self.run_id,)),
+            rerun = judge(history_comparisons(self.store, rerun_id, baseline, exclude=(self.run_id,)),
                           alpha=HISTORY_ALPHA) \
                 if rerun_id else []
             verdicts = reconcile(verdicts, rerun, rerun_id)

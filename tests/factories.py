@@ -1,5 +1,7 @@
-"""Realistic results built directly from the dataclasses, for tests of the logic that consumes them."""
+"""Realistic results, environments and series built directly from the dataclasses, for tests of the logic that
+consumes them."""
 
+from pytest_llmperf.environment import Environment, GitState, RunContext
 from pytest_llmperf.results import (
     BenchRecord,
     GenerateConfig,
@@ -10,6 +12,7 @@ from pytest_llmperf.results import (
     PageCache,
     Trial,
 )
+from pytest_llmperf.series import LoadPoint, SeriesKey
 
 
 def make_generate(batch: int, e2e_s: float, ttft_s: float = 0.01, outcome: str = "ok") -> GenerateResult:
@@ -27,3 +30,42 @@ def make_record(*generates: GenerateResult, load_s: float = 2.0) -> BenchRecord:
     return BenchRecord(test_id="t.py::test_x", model=ModelIdentity("synthetic:llama-tiny", "abc", "llama",
                                                                   "float32", 1000),
                        backend="hf", variant="default", world_size=1, seed=0, load=load, generates=generates)
+
+
+GPU_ENV = Environment(
+    device_kind="cuda", device_model="NVIDIA H100 80GB HBM3", device_count=1, driver="550.54.15",
+    cuda="12.4", python="3.11.9", torch="2.4.1", transformers="4.56.0", accelerate="1.0.1", deepspeed=None,
+)
+CPU_ENV = Environment(
+    device_kind="cpu", device_model="AMD EPYC 7763 64-Core Processor", device_count=16, driver=None,
+    cuda=None, python="3.11.9", torch="2.4.1", transformers="4.56.0", accelerate="1.0.1", deepspeed=None,
+)
+QWEN = ModelIdentity(model_id="Qwen/Qwen2.5-0.5B-Instruct", config_hash="3f2a9c41d07be655",
+                     model_type="qwen2", dtype="bfloat16", num_parameters=494_032_768)
+LLAMA = ModelIdentity(model_id="meta-llama/Llama-3.2-1B", config_hash="b81e04d2aa97c310",
+                      model_type="llama", dtype="float16", num_parameters=1_235_814_400)
+
+
+def run_context(argv: tuple[str, ...] = ("pytest", "tests/perf")) -> RunContext:
+    """A CI runner's context: a clean checkout of main."""
+    return RunContext(
+        host="bench-01", cpu_model="AMD EPYC 7763 64-Core Processor", cpu_count=16,
+        platform="Linux-5.15.0-x86_64-with-glibc2.35",
+        git=GitState(commit="9f1c2ab4e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3", branch="main", dirty=False),
+        project_root="/home/ci/llm-suite", argv=argv, plugin_version="0.1.0", pytest_version="8.3.3",
+    )
+
+
+def series_key(metric: str = "tokens_per_s", test_id: str = "t", *, batch_size: int | None = 1,
+               dtype: str = "float32") -> SeriesKey:
+    """A series of a one-rank hf test at a batch size."""
+    return SeriesKey(test_id=test_id, model_id="m", model_config_hash="cafe", backend="hf", variant="default",
+                     dtype=dtype, world_size=1, point=LoadPoint.of(batch_size=batch_size), metric=metric,
+                     env_fingerprint="env")
+
+#: the nightly runner of the gate's and the history browser's tests
+NIGHTLY_H100 = Environment(device_kind="cuda", device_model="NVIDIA H100 80GB HBM3", device_count=1, driver="550.54",
+                           cuda="12.4", python="3.11.9", torch="2.4.0", transformers="4.44.0", accelerate="0.33.0",
+                           deepspeed="0.15.1")
+LLAMA_TINY = ModelIdentity(model_id="synthetic:llama-tiny", config_hash="d4b03f1efd6651e9", model_type="llama",
+                           dtype="bfloat16", num_parameters=205120)

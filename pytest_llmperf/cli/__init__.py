@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run_verb(args)
     except Exception as e:  # every expected failure is reported as one line, not a traceback
-        from pytest_llmperf.store import HistoryError
+        from pytest_llmperf.history.errors import HistoryError
 
         if isinstance(e, HistoryError):
             print(f"llmperf: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from pytest_llmperf.cli.ab_run import add_ab_arguments, run_ab_or_say_why
+from pytest_llmperf.cli.arguments import DB_FLAG
 from pytest_llmperf.settings import argument_type, duration, positive_int
 
 if TYPE_CHECKING:
@@ -46,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
 def _write_reports(config: AbConfig, result: AbResult, head_run: str) -> None:
     """The history's read: the head run's report files, from what the run stored."""
     from pytest_llmperf.gate.ab import reproduce_command
+    from pytest_llmperf.history.store import HistoryStore
     from pytest_llmperf.report.files import write_run_reports
-    from pytest_llmperf.store import HistoryStore
 
-    with HistoryStore.open(config.db) as store:
+    with HistoryStore.open(config.db, flag=DB_FLAG) as store:
         write_run_reports(store, head_run, result.verdicts, out_dir=config.report_dir,
                           reproduce=reproduce_command(config, result),
                           title=f"llmperf ab: {result.base.commit[:12]} (base) vs {result.head.commit[:12]} (head)")

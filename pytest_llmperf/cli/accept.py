@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_llmperf.cli.arguments import add_db_argument, add_metric_argument, missing_history
+from pytest_llmperf.cli.arguments import DB_FLAG, add_db_argument, add_metric_argument, missing_history
 
 if TYPE_CHECKING:
     from pytest_llmperf.cli.arguments import Commands
@@ -25,7 +25,7 @@ def add_parser(commands: Commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pytest_llmperf.store import HistoryError
+    from pytest_llmperf.history.errors import HistoryError
 
     path = Path(args.db)
     if missing_history(path, "accept"):
@@ -41,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _accept(path: Path, args: argparse.Namespace) -> str:
     """The history's write: the acceptance, in ``--run`` or the newest run; the run's id."""
-    from pytest_llmperf.history_admin import newest_run_id
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.runs import newest_run_id
+    from pytest_llmperf.history.store import HistoryStore
 
-    with HistoryStore.open(path) as store:
+    with HistoryStore.open(path, flag=DB_FLAG) as store:
         run_id = args.run or newest_run_id(store)
         store.accept(run_id, args.test, args.reason, metric=args.metric)
     return run_id

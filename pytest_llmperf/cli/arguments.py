@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
+#: the option that names the history file under ``llmperf`` (the history's error messages name it)
+DB_FLAG = "--db"
+
+
 def add_db_argument(parser: argparse.ArgumentParser, what: str = "history database") -> None:
     """``--db PATH``: the history file, by default where ``pytest --llmperf`` writes it."""
     parser.add_argument("--db", default=OPTIONS_BY_NAME["db"].default, metavar="PATH",

@@ -7,6 +7,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from pytest_llmperf.cli.ab_run import add_ab_arguments, run_ab_or_say_why
+from pytest_llmperf.cli.arguments import DB_FLAG
 
 if TYPE_CHECKING:
     from pytest_llmperf.cli.arguments import Commands
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 def _noise(config: AbConfig, result: AbResult, detect: float) -> tuple[list[Noise], TrialAdvice | None]:
     """The history's read: each series' noise in this A/A group, and the trials per process that pay most."""
     from pytest_llmperf.gate.calibrate import noise_by_series, trial_advice
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.store import HistoryStore
 
-    with HistoryStore.open(config.db) as store:
-        rows = noise_by_series(store.db, result.group, result.verdicts, rounds=result.rounds, detect=detect)
-        return rows, trial_advice(store.db, result.group, rows)
+    with HistoryStore.open(config.db, flag=DB_FLAG) as store:
+        rows = noise_by_series(store, result.group, result.verdicts, rounds=result.rounds, detect=detect)
+        return rows, trial_advice(store, result.group, rows)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_llmperf.cli.arguments import add_db_argument, missing_history
+from pytest_llmperf.cli.arguments import DB_FLAG, add_db_argument, missing_history
 
 if TYPE_CHECKING:
     from pytest_llmperf.cli.arguments import Commands
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     started = time.perf_counter()
-    counts = build_dashboard(path, out, default_branch=args.branch or default_branch(Path.cwd()))
+    counts = build_dashboard(path, out, default_branch=args.branch or default_branch(Path.cwd()), flag=DB_FLAG)
     print(f"llmperf dashboard: {counts['series']} series ({counts['points']} points, {counts['runs']} runs) on "
           f"{counts['pages']} pages in {time.perf_counter() - started:.1f} s: open {out / 'index.html'}")
     return 0

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmperf.cli.arguments import add_db_argument, missing_history
+from pytest_llmperf.cli.arguments import DB_FLAG, add_db_argument, missing_history
 
 if TYPE_CHECKING:
     from pytest_llmperf.cli.arguments import Commands
@@ -48,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _document(args: argparse.Namespace) -> dict[str, Any] | None:
     """The history's read: the runs ``--run`` names in ``--format``, or None after saying why not."""
-    from pytest_llmperf.history_admin import export_runs, newest_run_id, pytest_benchmark_document, resolve_run_id
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.benchmark_json import pytest_benchmark_document
+    from pytest_llmperf.history.export import export_runs
+    from pytest_llmperf.history.runs import newest_run_id, resolve_run_id
+    from pytest_llmperf.history.store import HistoryStore
 
-    with HistoryStore.open(args.db) as store:
+    with HistoryStore.open_read_only(args.db, flag=DB_FLAG) as store:
         runs = list(dict.fromkeys(resolve_run_id(store, r) for r in args.runs)) if args.runs else None
         if args.format == "json":
             return export_runs(store, runs)

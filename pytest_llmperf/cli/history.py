@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_llmperf.cli.arguments import add_db_argument, add_metric_argument, missing_history
+from pytest_llmperf.cli.arguments import DB_FLAG, add_db_argument, add_metric_argument, missing_history
 from pytest_llmperf.settings import argument_type, positive_int
 
 if TYPE_CHECKING:
     from pytest_llmperf.cli.arguments import Commands
-    from pytest_llmperf.store import ResultRow
+    from pytest_llmperf.history.recent import ResultRow
 
 
 def add_parser(commands: Commands) -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def add_parser(commands: Commands) -> argparse.ArgumentParser:
     parser.add_argument("--backend", help="only this backend")
     add_metric_argument(parser, "only this metric (e.g. tokens_per_s)")
     parser.add_argument("--last", type=argument_type(positive_int, "positive_int"), default=20, metavar="N",
-                        help="at most N results, newest first (default: %(default)s)")
+                        help="the results of the newest N runs (default: %(default)s)")
     return parser
 
 
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _recent_results(path: Path, args: argparse.Namespace) -> list[ResultRow]:
     """The history's read: the newest results that match the filters."""
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.store import HistoryStore
 
-    with HistoryStore.open(path) as store:
+    with HistoryStore.open_read_only(path, flag=DB_FLAG) as store:
         return store.recent_results(test=args.test, model=args.model, backend=args.backend, metric=args.metric,
                                     last=args.last)

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_llmperf.cli.arguments import add_db_argument
+from pytest_llmperf.cli.arguments import DB_FLAG, add_db_argument
 from pytest_llmperf.cli.wording import count
 
 if TYPE_CHECKING:
     from pytest_llmperf.cli.arguments import Commands
-    from pytest_llmperf.history_admin import MergeReport
+    from pytest_llmperf.history.merge import MergeReport
 
 
 def add_parser(commands: Commands) -> argparse.ArgumentParser:
@@ -33,9 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _merge(db: str, sources: list[Path]) -> MergeReport:
-    """The history's write: the sources' runs into ``db``."""
-    from pytest_llmperf.history_admin import merge_histories
-    from pytest_llmperf.store import HistoryStore
+    """The history's write: the sources' runs into ``db`` (created only once every source is checked)."""
+    from pytest_llmperf.history.merge import merge_into
 
-    with HistoryStore.open(db) as dest:
-        return merge_histories(dest, sources)
+    return merge_into(Path(db), sources, flag=DB_FLAG)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_llmperf.cli.arguments import add_db_argument, missing_history
+from pytest_llmperf.cli.arguments import DB_FLAG, add_db_argument, missing_history
 from pytest_llmperf.cli.wording import count
 from pytest_llmperf.settings import argument_type, non_negative_int
 
@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _prune(db: str, keep_days: int) -> int:
     """The history's write: delete the old runs; how many went."""
-    from pytest_llmperf.history_admin import prune_history
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.prune import prune_history
+    from pytest_llmperf.history.store import HistoryStore
 
-    with HistoryStore.open(db) as store:
+    with HistoryStore.open(db, flag=DB_FLAG) as store:
         return prune_history(store, keep_days)

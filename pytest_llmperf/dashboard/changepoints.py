@@ -107,7 +107,12 @@ class ChangePointConfig:
             raise ValueError(f"window must be >= 1, not {self.window}")
 
 
-def detect_change_points(values: Sequence[float], config: ChangePointConfig = ChangePointConfig()) -> list[ChangePoint]:
+#: the thresholds a dashboard uses unless told otherwise
+DEFAULT_CHANGE_POINTS = ChangePointConfig()
+
+
+def detect_change_points(values: Sequence[float], config: ChangePointConfig = DEFAULT_CHANGE_POINTS,
+                         ) -> list[ChangePoint]:
     """The level shifts in ``values`` (one value per run, in run order), in order; [] if too short or flat."""
     x = _as_array(values)
     if len(x) < 2 * config.min_segment or x.min() == x.max():

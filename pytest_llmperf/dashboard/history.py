@@ -1,23 +1,27 @@
 """The dashboard's view of the history: every series' values run by run, per branch, with what each run was.
 
-A series is the store's series key (``SeriesKey``). A dashboard page shows one configuration: the series
-that differ only in their metric (and, for metrics measured once per load, in having no batch size).
-Runs of ``llmperf ab`` are left out: they measure pull requests, not the history of a branch.
+A series is the history's ``SeriesKey``. A dashboard page shows one configuration: the series that differ
+only in their metric (and, for metrics measured once per load, in having no batch size). Runs of
+``llmperf ab`` are left out: they measure pull requests, not the history of a branch. The file is read
+through ``HistoryStore.open_read_only``: checked like any open, and never changed.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.history.errors import DEFAULT_FLAG
+from pytest_llmperf.history.gating import history_verdict_outcomes
+from pytest_llmperf.history.runs import branch_runs
+from pytest_llmperf.history.samples import out_of_memory, series_points
+from pytest_llmperf.history.store import HistoryStore
 from pytest_llmperf.measure.metrics import COMPARED_METRICS
-from pytest_llmperf.series import SeriesKey, Subject
+from pytest_llmperf.series import LoadPoint, SeriesKey
 
 #: the metrics a dashboard shows, in this order: the gated ones
 DASHBOARD_METRICS = COMPARED_METRICS
@@ -28,7 +32,7 @@ class Run:
     id: str
     started_at: str
     commit: str | None
-    branch: str | None
+    branch: str
     status: str
     argv: tuple[str, ...]
     env: str
@@ -50,7 +54,7 @@ class Run:
 class Series:
     """One series on one branch: the points in run order."""
 
-    subject: Subject
+    subject: SeriesKey
     page: str
     unit: str
     env: str
@@ -62,13 +66,6 @@ class Series:
     q3: list[float | None] = field(default_factory=list)
     budget: float | None = None
 
-    @property
-    def label(self) -> str:
-        s = self.subject
-        variant = "" if s.variant == "default" else f" {s.variant}"
-        batch = "" if s.batch_size is None else f" b{s.batch_size}"
-        return f"{s.test_id}{batch} · {s.backend}{variant} ws{s.world_size} · {s.metric}"
-
 
 @dataclass(frozen=True)
 class History:
@@ -76,83 +73,65 @@ class History:
     #: (series key, branch) -> series
     series: dict[tuple[str, str], Series]
     #: (test id, batch size, run id) of every configuration that ran out of memory
-    oom: frozenset[tuple[str, int, str]]
+    oom: frozenset[tuple[str, int | None, str]]
     #: (series key, run id) -> the verdict outcome the gate gave it against the history
     verdicts: dict[tuple[str, str], str]
 
 
-def page_key(test_id: str, model_id: str, backend: str, variant: str, dtype: str, world_size: int,
-             batch_size: int | None, env: str) -> str:
-    """One page per configuration: the series key without its metric (a load metric is on every batch's page)."""
-    return SeriesKey(test_id=test_id, model_id=model_id, model_config_hash="", backend=backend, variant=variant,
-                     dtype=dtype, world_size=world_size, batch_size=batch_size, prompt_tokens=None, new_tokens=None,
-                     metric="", env_fingerprint=env).digest()[:16]
+def page_key(subject: SeriesKey) -> str:
+    """One page per configuration: the series key without its metric, model config and token counts (a load
+    metric is on every batch's page)."""
+    point = LoadPoint.of(batch_size=subject.point.batch_size, **subject.point.extra())
+    return replace(subject, model_config_hash="", point=point, metric="").digest()[:16]
 
 
-def _runs(db: sqlite3.Connection) -> dict[str, Run]:
-    envs = {}
-    cursor = db.execute("SELECT * FROM environments")
-    names = [d[0] for d in cursor.description]
-    for row in cursor:
-        env = dict(zip(names, row, strict=True))
-        envs[env["fingerprint"]] = env
+def _runs(store: HistoryStore) -> dict[str, Run]:
     out = {}
-    for run_id, started, commit, branch, status, argv, fingerprint in db.execute(
-            "SELECT id, started_at, git_commit, git_branch, status, argv, env_fingerprint FROM runs "
-            "WHERE ab_group IS NULL ORDER BY started_at, rowid"):
-        env = envs.get(fingerprint, {})
+    for run in branch_runs(store):
+        env = dict(run.environment)
         device = f"{env.get('device_model', '?')} x{env.get('device_count', '?')}"
-        out[run_id] = Run(run_id, started, commit, branch or "(no branch)", status,
-                          tuple(json.loads(argv)) if argv else (), fingerprint, device, env)
+        out[run.run_id] = Run(id=run.run_id, started_at=run.started_at, commit=run.commit,
+                              branch=run.branch or "(no branch)", status=run.status, argv=run.argv,
+                              env=run.env_fingerprint, device=device, environment=env)
     return out
 
 
-def load_history(path: Path) -> History:
-    """Read the history file (read-only) into series; fast enough for half a million results."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        runs = _runs(db)
-        marks = ", ".join("?" for _ in DASHBOARD_METRICS)
-        rows = db.execute(
-            f"""SELECT res.series_key, res.run_id, res.test_id, res.model_id, res.backend, res.variant, res.dtype,
-                       res.world_size, res.batch_size, res.metric, res.unit, res.env_fingerprint, res.value, res.q1,
-                       res.q3, res.budget_limit
-                FROM results res JOIN runs r ON r.id = res.run_id
-                WHERE r.ab_group IS NULL AND res.metric IN ({marks})
-                ORDER BY r.started_at, r.rowid""", DASHBOARD_METRICS)
+def load_history(path: Path, *, flag: str = DEFAULT_FLAG) -> History:
+    """Read the history file into series; fast enough for half a million results. ``flag`` names the file
+    in error messages."""
+    with HistoryStore.open_read_only(path, flag=flag) as store:
+        runs = _runs(store)
         series: dict[tuple[str, str], Series] = {}
-        for key, run_id, test, model, backend, variant, dtype, ws, batch, metric, unit, env, value, q1, q3, budget \
-                in rows:
-            run = runs[run_id]
-            s = series.get((key, run.branch))  # type: ignore[arg-type]
-            if s is None:
-                s = series[(key, run.branch)] = Series(  # type: ignore[index]
-                    Subject(key, test, model, backend, variant, dtype, ws, batch, metric),
-                    page_key(test, model, backend, variant, dtype, ws, batch, env), unit, env, run.device,
-                    run.branch)  # type: ignore[arg-type]
-            s.run_ids.append(run_id)
-            s.values.append(value)
-            s.q1.append(q1)
-            s.q3.append(q3)
-            if budget is not None:
-                s.budget = budget
-        oom = frozenset((t, b, r) for t, b, r in db.execute(
-            "SELECT t.test_id, m.batch_size, m.run_id FROM measurements m JOIN tests t ON t.id = m.test_row_id "
-            "WHERE m.outcome = 'oom'") if r in runs)
-        verdicts = {(k, r): o for k, r, o in db.execute(
-            "SELECT series_key, run_id, outcome FROM verdicts WHERE baseline_kind = 'history'")}
-    finally:
-        db.close()
+        for key, found in series_points(store, DASHBOARD_METRICS).items():
+            subject = found.subject
+            page = page_key(subject)
+            for run_id, value, q1, q3, budget in zip(found.run_ids, found.values, found.q1, found.q3,
+                                                      found.budget_limits, strict=True):
+                run = runs[run_id]
+                s = series.get((key, run.branch))
+                if s is None:
+                    s = series[(key, run.branch)] = Series(subject=subject, page=page, unit=found.unit,
+                                                           env=subject.env_fingerprint, device=run.device,
+                                                           branch=run.branch)
+                s.run_ids.append(run_id)
+                s.values.append(value)
+                s.q1.append(q1)
+                s.q3.append(q3)
+                if budget is not None:
+                    s.budget = budget
+        oom = frozenset((o.test_id, o.batch_size, o.run_id) for o in out_of_memory(store) if o.run_id in runs)
+        verdicts = history_verdict_outcomes(store)
     return History(runs, series, oom, verdicts)
 
 
 def pages(history: History) -> dict[str, list[Series]]:
     """page key -> its series (every metric, every branch); a load metric joins every page of its test."""
     by_page: dict[str, list[Series]] = defaultdict(list)
-    load_series = [s for s in history.series.values() if s.subject.batch_size is None]
+    load_series = [s for s in history.series.values() if s.subject.point.batch_size is None]
     for s in history.series.values():
-        if s.subject.batch_size is not None:
+        if s.subject.point.batch_size is not None:
             by_page[s.page].append(s)
+
     def configuration(s: Series) -> tuple[object, ...]:
         return (s.subject.test_id, s.subject.model_id, s.subject.backend, s.subject.variant, s.subject.dtype,
                 s.subject.world_size, s.env)

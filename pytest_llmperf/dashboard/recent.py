@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pytest_llmperf.dashboard.history import Series
 from pytest_llmperf.gate.evidence import Evidence
 from pytest_llmperf.gate.history import (
+    HISTORY_ALPHA,
     MIN_BASELINE_RUNS,
     NOISE_RUNS_FACTOR,
     RECENT_WINDOWS,
     HistoryBaseline,
     recent_windows,
 )
-from pytest_llmperf.gate.history import HISTORY_ALPHA
 from pytest_llmperf.gate.verdict import Comparison, Outcome, judge
 from pytest_llmperf.measure.metrics import Better, metric
 
@@ -94,6 +94,6 @@ def recent_shifts(series: Iterable[Series], *, alpha: float = HISTORY_ALPHA, run
         v, outcome = found[0]
         p = v.p_worse if outcome is Outcome.REGRESSED else v.p_better
         assert v.evidence is not None and p is not None
-        shifts[(s.subject.series_key, s.branch)] = RecentShift(outcome, v.evidence,
+        shifts[(s.subject.digest(), s.branch)] = RecentShift(outcome, v.evidence,
                                                                tuple(s.run_ids[-v.evidence.n_head:]), p)
     return shifts

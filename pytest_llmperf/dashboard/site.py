@@ -24,10 +24,16 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from pytest_llmperf.dashboard.changepoints import ChangePoint, ChangePointConfig, detect_change_points
+from pytest_llmperf.dashboard.changepoints import (
+    DEFAULT_CHANGE_POINTS,
+    ChangePoint,
+    ChangePointConfig,
+    detect_change_points,
+)
 from pytest_llmperf.dashboard.history import DASHBOARD_METRICS, History, Series, load_history, pages
 from pytest_llmperf.dashboard.recent import RecentShift, recent_shifts
 from pytest_llmperf.gate.verdict import Outcome, worse_change
+from pytest_llmperf.history.errors import DEFAULT_FLAG
 from pytest_llmperf.measure.metrics import Better, metric
 from pytest_llmperf.units import format_value
 
@@ -79,15 +85,15 @@ def overview_rows(history: History, config: ChangePointConfig) -> list[Row]:
     rows = []
     for s in history.series.values():
         points = detect_change_points(s.values, config) if len(s.values) >= 2 * config.min_segment else []
-        regressed = history.verdicts.get((s.subject.series_key, s.run_ids[-1])) == "regressed"
+        regressed = history.verdicts.get((s.subject.digest(), s.run_ids[-1])) == "regressed"
         rows.append(Row(s, s.values[-1], _worse_change(s), tuple(points), regressed,
-                        shifts.get((s.subject.series_key, s.branch))))
+                        shifts.get((s.subject.digest(), s.branch))))
     return worst_first(rows)
 
 
 def worst_first(rows: Sequence[Row]) -> list[Row]:
     """The overview's order: the gate's regressions, then by how much worse a series got (``_worsening``)."""
-    return sorted(rows, key=lambda r: (not r.regressed, -_worsening(r), r.series.label))
+    return sorted(rows, key=lambda r: (not r.regressed, -_worsening(r), r.series.subject.label))
 
 
 def _worsening(row: Row) -> float:
@@ -162,7 +168,7 @@ def render_overview(history: History, rows: list[Row], default_branch: str) -> s
         s, subject = row.series, row.series.subject
         run = history.runs[s.run_ids[-1]]
         variant = "" if subject.variant == "default" else " " + esc(subject.variant)
-        batch = "-" if subject.batch_size is None else subject.batch_size
+        batch = "-" if subject.point.batch_size is None else subject.point.batch_size
         body.append(
             f'<tr data-model="{esc(subject.model_id)}" data-backend="{esc(subject.backend)}" '
             f'data-device="{esc(s.device)}" data-branch="{esc(s.branch)}" data-metric="{esc(subject.metric)}">'
@@ -241,13 +247,13 @@ def _series_data(s: Series, history: History, points: list[ChangePoint], recent:
     subject = s.subject
     x = [history.runs[r].epoch_s for r in s.run_ids]
     oom = [history.runs[r].epoch_s for t, b, r in history.oom
-           if (t, b) == (subject.test_id, subject.batch_size) and history.runs[r].branch == s.branch]
+           if (t, b) == (subject.test_id, subject.point.batch_size) and history.runs[r].branch == s.branch]
     commits = [(history.runs[r].commit or "")[:12] for r in s.run_ids]
     return {
-        "key": subject.series_key, "metric": subject.metric, "unit": s.unit,
-        "better": metric(subject.metric).better.value, "branch": s.branch, "label": s.label, "budget": s.budget,
+        "key": subject.digest(), "metric": subject.metric, "unit": s.unit,
+        "better": metric(subject.metric).better.value, "branch": s.branch, "label": s.subject.label, "budget": s.budget,
         "backend": subject.backend, "variant": subject.variant, "test": subject.test_id, "model": subject.model_id,
-        "dtype": subject.dtype, "world_size": subject.world_size, "batch": subject.batch_size,
+        "dtype": subject.dtype, "world_size": subject.world_size, "batch": subject.point.batch_size,
         "device": s.device, "x": x, "y": [_round(v) for v in s.values],
         "q1": [_round(v) for v in s.q1], "q3": [_round(v) for v in s.q3], "run": [runs.index(r) for r in s.run_ids],
         "changepoints": [{"index": c.index, "x": x[c.index], "change": round(c.relative_change, 4),
@@ -262,19 +268,20 @@ def _siblings(members: list[Series], by_page: dict[str, list[Series]]) -> list[S
     first = next((s for s in members if s.subject.metric == "tokens_per_s"), None)
     if first is None:
         return []
+
     def comparable(s: Series) -> tuple[object, ...]:
         u = s.subject
-        return (u.metric, u.test_id.split("[", 1)[0], u.model_id, u.dtype, u.batch_size, u.world_size, s.env)
+        return (u.metric, u.test_id.split("[", 1)[0], u.model_id, u.dtype, u.point.batch_size, u.world_size, s.env)
 
     return [s for page in by_page.values() for s in page if comparable(s) == comparable(first)]
 
 
 def render_series_page(page: str, members: list[Series], siblings: list[Series]) -> str:
-    first = next((s for s in members if s.subject.batch_size is not None), members[0])
+    first = next((s for s in members if s.subject.point.batch_size is not None), members[0])
     u = first.subject
     title = f"{u.test_id} · {u.backend}" + ("" if u.variant == "default" else f" {u.variant}")
     facts = (f"model {u.model_id} ({u.dtype}) · world size {u.world_size} · batch "
-             f"{u.batch_size if u.batch_size is not None else '-'} · device {first.device}")
+             f"{u.point.batch_size if u.point.batch_size is not None else '-'} · device {first.device}")
     branches = sorted({s.branch for s in members})
     options = "".join(f"<option>{esc(b)}</option>" for b in branches)
     return _page(title, f"""
@@ -288,9 +295,10 @@ def render_series_page(page: str, members: list[Series], siblings: list[Series])
 
 
 def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
-                    config: ChangePointConfig = ChangePointConfig()) -> dict[str, int]:
-    """Build the site into ``out`` (replacing what a previous build left); returns counts of what it wrote."""
-    history = load_history(db)
+                    config: ChangePointConfig = DEFAULT_CHANGE_POINTS, flag: str = DEFAULT_FLAG) -> dict[str, int]:
+    """Build the site into ``out`` (replacing what a previous build left); returns counts of what it wrote.
+    The history file is only read (HistoryError when it cannot be used; ``flag`` names it in the message)."""
+    history = load_history(db, flag=flag)
     rows = overview_rows(history, config)
     for name in ("series", "data", "assets"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -298,13 +306,13 @@ def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
     for name in ASSETS:
         shutil.copyfile(STATIC / name, out / "assets" / name)
     by_page = pages(history)
-    by_series = {(r.series.subject.series_key, r.series.branch): r for r in rows}
+    by_series = {(r.series.subject.digest(), r.series.branch): r for r in rows}
     for page, members in by_page.items():
         members = sorted(members, key=lambda s: (DASHBOARD_METRICS.index(s.subject.metric), s.branch))
         siblings = _siblings(members, by_page)
         runs = _RunTable(history)
-        series = [_series_data(s, history, list(by_series[(s.subject.series_key, s.branch)].change_points),
-                               by_series[(s.subject.series_key, s.branch)].recent, runs) for s in members]
+        series = [_series_data(s, history, list(by_series[(s.subject.digest(), s.branch)].change_points),
+                               by_series[(s.subject.digest(), s.branch)].recent, runs) for s in members]
         data = {"series": series, "runs": runs.rows, "envs": runs.envs,
                 "siblings": [{"label": s.subject.backend + ("" if s.subject.variant == "default"
                                                             else f" {s.subject.variant}"),

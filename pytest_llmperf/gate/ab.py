@@ -21,6 +21,7 @@ trials. Multi-rank backends start their ranks from the pinned process: give them
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
@@ -33,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_llmperf.environment import GitError, git
 from pytest_llmperf.gate.sequential import look_rounds
 from pytest_llmperf.gate.verdict import DEFAULT_ALPHA, Comparison, Look, Outcome, Verdict
 
@@ -60,6 +62,8 @@ class AbConfig:
     head: str
     db: Path
     pytest_args: tuple[str, ...]
+    #: the option that named ``db``, for the history's error messages
+    db_flag: str = "--db"
     min_rounds: int = 2
     max_rounds: int = 100
     #: stop adding rounds when the next one would end after this many seconds (None: no budget)
@@ -87,17 +91,10 @@ class AbConfig:
             raise AbError(f"--max-rounds ({self.max_rounds}) must be at least --rounds ({self.min_rounds})")
 
 
-def _git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise AbError(f"git {' '.join(args)} failed in {repo}: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout.strip()
-
-
 def resolve_commit(repo: Path, rev: str) -> str:
     try:
-        return _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    except AbError:
+        return git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except GitError:
         raise AbError(f"revision {rev!r} is not a commit of {repo}: give a branch, tag or commit "
                       "that `git rev-parse` knows (fetch it first in a shallow clone)") from None
 
@@ -105,15 +102,19 @@ def resolve_commit(repo: Path, rev: str) -> str:
 def add_worktree(repo: Path, commit: str, work_dir: Path) -> Path:
     """A detached worktree of ``commit`` (reused when one is already there)."""
     path = work_dir / commit[:12]
-    if path.exists() and _git(path, "rev-parse", "HEAD") == commit:
-        return path
-    work_dir.mkdir(parents=True, exist_ok=True)
-    _git(repo, "worktree", "add", "--force", "--detach", str(path), commit)
+    try:
+        if path.exists() and git(path, "rev-parse", "HEAD") == commit:
+            return path
+        work_dir.mkdir(parents=True, exist_ok=True)
+        git(repo, "worktree", "add", "--force", "--detach", str(path), commit)
+    except GitError as exc:
+        raise AbError(str(exc)) from None
     return path
 
 
 def remove_worktree(repo: Path, path: Path) -> None:
-    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(path)], capture_output=True)
+    with contextlib.suppress(GitError):  # cleaning up: a worktree already gone is fine
+        git(repo, "worktree", "remove", "--force", str(path))
 
 
 def process_env(side: Side, config: AbConfig, cpus: tuple[int, ...]) -> dict[str, str]:
@@ -156,8 +157,9 @@ def run_process(side: Side, config: AbConfig, cpus: tuple[int, ...], log: Callab
         if cpus:
             os.sched_setaffinity(0, cpus)
 
-    proc = subprocess.Popen(command, cwd=process_cwd(side, config), env=process_env(side, config, cpus), start_new_session=True,
-                            preexec_fn=pin)
+    # preexec_fn is unsafe only with threads, and ``llmperf ab`` starts its processes from its one thread
+    proc = subprocess.Popen(command, cwd=process_cwd(side, config), env=process_env(side, config, cpus),
+                            start_new_session=True, preexec_fn=pin)  # noqa: PLW1509
     try:
         return proc.wait()
     except BaseException:
@@ -194,10 +196,10 @@ def _sides(config: AbConfig) -> tuple[Side, Side]:
 
 def group_comparisons(config: AbConfig, base: Side) -> list[Comparison]:
     from pytest_llmperf.gate.ab_compare import ab_comparisons
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.store import HistoryStore
 
-    with HistoryStore.open(config.db) as store:
-        return ab_comparisons(store.db, config.group, base_label=f"base {base.commit[:12]}")
+    with HistoryStore.open(config.db, flag=config.db_flag) as store:
+        return ab_comparisons(store, config.group, base_label=f"base {base.commit[:12]}")
 
 
 def planned_rounds(comparisons: list[Comparison], config: AbConfig) -> int:
@@ -245,8 +247,8 @@ def run_rounds(config: AbConfig, run_round: Callable[[int], None], compare: Call
         if comparisons is None:
             comparisons = compare()
         look = Look(rounds=rounds, first=config.min_rounds, planned=max(planned, rounds), final=final)
-        verdicts = [decided.get(v.subject.series_key, v) for v in judge(comparisons, alpha=config.alpha, look=look)]
-        decided.update({v.subject.series_key: v for v in verdicts if _decided(v)})
+        verdicts = [decided.get(v.subject.digest(), v) for v in judge(comparisons, alpha=config.alpha, look=look)]
+        decided.update({v.subject.digest(): v for v in verdicts if _decided(v)})
         open_questions = [v for v in verdicts if v.comparison.gated and not _decided(v)]
         if not open_questions or final or any(v.fails for v in verdicts):  # a failed run stays failed
             if out_of_time and open_questions and rounds < planned:
@@ -286,11 +288,11 @@ def _exit_meaning(code: int) -> str:
 
 def store_verdicts(config: AbConfig, result: AbResult) -> str | None:
     """Record the verdicts on the last head run of the group; its id, or None without one."""
-    from pytest_llmperf.gate.ab_compare import ab_runs
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.runs import ab_sides
+    from pytest_llmperf.history.store import HistoryStore
 
-    with HistoryStore.open(config.db) as store:
-        _, head_runs = ab_runs(store.db, config.group)
+    with HistoryStore.open(config.db, flag=config.db_flag) as store:
+        head_runs = ab_sides(store, config.group).head
         if not head_runs:
             return None
         store.record_verdicts(head_runs[-1], list(result.verdicts), baseline_kind="ab")

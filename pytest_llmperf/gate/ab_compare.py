@@ -9,50 +9,28 @@ size that ran out of memory on the head but not on the base is a regression with
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 from pytest_llmperf.gate.evidence import compare_fixed, compare_processes, is_constant
 from pytest_llmperf.gate.noise import pooled
-from pytest_llmperf.gate.samples import (
-    acceptances,
-    accepted_reason,
-    load_samples,
-    min_effect_for,
-    min_effects,
-    same_code_groups,
-)
+from pytest_llmperf.gate.samples import accepted_reason, min_effect_for, same_code_groups
 from pytest_llmperf.gate.verdict import Comparison, Outcome
+from pytest_llmperf.history.gating import acceptances, min_effects
+from pytest_llmperf.history.runs import ab_sides
+from pytest_llmperf.history.samples import out_of_memory, series_samples
+from pytest_llmperf.history.store import HistoryStore
 from pytest_llmperf.measure.metrics import COMPARED_METRICS, GATED_METRICS, Sampling, metric
 
 
-def ab_runs(db: Any, group: str) -> tuple[list[str], list[str]]:
-    """(base run ids, head run ids) of an A/B group, oldest first; only runs that completed."""
-    sides: dict[str, list[str]] = {"base": [], "head": []}
-    for run_id, side in db.execute(
-            "SELECT id, ab_side FROM runs WHERE ab_group = ? AND status = 'complete' ORDER BY started_at, rowid",
-            [group]):
-        sides[side].append(run_id)
-    return sides["base"], sides["head"]
-
-
-def _oom_batches(db: Any, run_ids: list[str]) -> set[tuple[str, int]]:
-    if not run_ids:
-        return set()
-    marks = ", ".join("?" for _ in run_ids)
-    return {(t, b) for t, b in db.execute(
-        f"SELECT t.test_id, m.batch_size FROM measurements m JOIN tests t ON t.id = m.test_row_id "
-        f"WHERE m.run_id IN ({marks}) AND m.outcome = 'oom'", run_ids)}
-
-
-def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = COMPARED_METRICS, *,
+def ab_comparisons(store: HistoryStore, group: str, metrics: tuple[str, ...] = COMPARED_METRICS, *,
                    base_label: str = "base") -> list[Comparison]:
-    base_runs, head_runs = ab_runs(db, group)
-    base = load_samples(db, base_runs, metrics)
-    head = load_samples(db, head_runs, metrics)
-    effects = min_effects(db, head_runs[-1]) if head_runs else {}
-    accepted_rows = acceptances(db, head_runs)
-    head_oom = _oom_batches(db, head_runs)
-    earlier = same_code_groups(db, metrics, exclude_group=group)
+    sides = ab_sides(store, group)
+    base_runs, head_runs = list(sides.base), list(sides.head)
+    base = series_samples(store, base_runs, metrics)
+    head = series_samples(store, head_runs, metrics)
+    effects = min_effects(store, head_runs[-1]) if head_runs else {}
+    accepted_rows = acceptances(store, head_runs)
+    head_oom = {(o.test_id, o.batch_size) for o in out_of_memory(store, head_runs)} if head_runs else set()
+    earlier = same_code_groups(store, metrics, exclude_group=group)
     where = f"{base_label} ({len(base_runs)} vs {len(head_runs)} processes)"
     out = []
     for key in sorted(set(base) | set(head), key=lambda k: (base.get(k) or head[k]).subject.label):
@@ -63,8 +41,8 @@ def ab_comparisons(db: Any, group: str, metrics: tuple[str, ...] = COMPARED_METR
         compared = partial(Comparison, s, baseline=where, baseline_run_ids=tuple(base_runs), min_effect=effect,
                            accepted=accepted, gated=s.metric in GATED_METRICS)
         if key not in head:
-            if (s.test_id, s.batch_size) in head_oom:
-                out.append(compared(None, note=f"out of memory at batch {s.batch_size} on the head only",
+            if (s.test_id, s.point.batch_size) in head_oom:
+                out.append(compared(None, note=f"out of memory at batch {s.point.batch_size} on the head only",
                                     known=Outcome.REGRESSED))
             else:
                 out.append(compared(None, note="measured on the base only: the head did not produce it"))

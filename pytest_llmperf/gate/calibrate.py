@@ -13,15 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from statistics import median
-from typing import Any
 
-from pytest_llmperf.gate.ab_compare import ab_runs
 from pytest_llmperf.gate.noise import NoiseParts, ProcessNoise, combine, noise_parts, pooled, process_value
 from pytest_llmperf.gate.plan import TrialAdvice, best_trials, detectable, processes_needed
-from pytest_llmperf.gate.samples import load_samples, same_code_groups
+from pytest_llmperf.gate.samples import same_code_groups
 from pytest_llmperf.gate.verdict import DEFAULT_ALPHA, Outcome, Verdict
+from pytest_llmperf.history.runs import ab_sides, process_timing
+from pytest_llmperf.history.samples import series_samples
+from pytest_llmperf.history.store import HistoryStore
 from pytest_llmperf.measure.metrics import GATED_METRICS, Sampling, metric
 
 
@@ -72,13 +72,13 @@ def _cv(values: Sequence[float]) -> float | None:
     return sd / mean if mean else None
 
 
-def noise_by_series(db: Any, group: str, verdicts: Sequence[Verdict], *, rounds: int, detect: float,
+def noise_by_series(store: HistoryStore, group: str, verdicts: Sequence[Verdict], *, rounds: int, detect: float,
                     alpha: float = DEFAULT_ALPHA) -> list[Noise]:
-    base_runs, head_runs = ab_runs(db, group)
-    runs = base_runs + head_runs
-    samples = load_samples(db, runs, GATED_METRICS)
-    earlier = same_code_groups(db, GATED_METRICS, exclude_group=group)
-    by_key = {v.subject.series_key: v for v in verdicts}
+    sides = ab_sides(store, group)
+    runs = [*sides.base, *sides.head]
+    samples = series_samples(store, runs, GATED_METRICS)
+    earlier = same_code_groups(store, GATED_METRICS, exclude_group=group)
+    by_key = {v.subject.digest(): v for v in verdicts}
     tests = max(1, sum(1 for v in verdicts if v.comparison.gated and v.p_worse is not None))
     out = []
     for key, s in sorted(samples.items(), key=lambda kv: kv[1].subject.label):
@@ -100,23 +100,15 @@ def noise_by_series(db: Any, group: str, verdicts: Sequence[Verdict], *, rounds:
     return out
 
 
-def trial_advice(db: Any, group: str, rows: Sequence[Noise]) -> TrialAdvice | None:
+def trial_advice(store: HistoryStore, group: str, rows: Sequence[Noise]) -> TrialAdvice | None:
     """How many trials per process buy the most precision per second, for the typical gated per-trial series."""
-    base_runs, head_runs = ab_runs(db, group)
-    runs = base_runs + head_runs
+    sides = ab_sides(store, group)
+    runs = [*sides.base, *sides.head]
     if not runs:
         return None
-    marks = ", ".join("?" for _ in runs)
-    walls, trial_time, trial_count = [], 0.0, 0
-    for started, finished in db.execute(f"SELECT started_at, finished_at FROM runs WHERE id IN ({marks})", runs):
-        if started and finished:
-            walls.append((datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds())
-    for total, count, measurements in db.execute(
-            f"SELECT SUM(t.ttft_s + t.e2e_s), COUNT(*), COUNT(DISTINCT t.measurement_id) FROM trials t "
-            f"JOIN measurements m ON m.id = t.measurement_id WHERE m.run_id IN ({marks})", runs):
-        if count:
-            trial_time, trial_count = float(total), int(count)
-            per_measurement = count / measurements
+    timing = process_timing(store, runs)
+    walls, trial_time, trial_count = list(timing.walls_s), timing.trial_s, timing.trials
+    per_measurement = trial_count / timing.measurements if timing.measurements else 0.0
     parts = [r.estimate.parts for r in rows if r.estimate.parts is not None]
     if not walls or not trial_count or not parts:
         return None

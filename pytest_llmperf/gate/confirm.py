@@ -45,13 +45,13 @@ def confirmation_command(invocation_args: Sequence[str], positional_args: Sequen
 
 def reconcile(verdicts: Sequence[Verdict], rerun: Sequence[Verdict], rerun_id: str | None) -> list[Verdict]:
     """Regressions the rerun also finds stand; the others become inconclusive, with what the rerun found."""
-    found = {v.subject.series_key: v for v in rerun}
+    found = {v.subject.digest(): v for v in rerun}
     out = []
     for v in verdicts:
         if not v.fails:
             out.append(v)
             continue
-        again = found.get(v.subject.series_key)
+        again = found.get(v.subject.digest())
         if rerun_id is None:
             out.append(replace(v, notes=(*v.notes, "the confirmation rerun recorded nothing: not confirmed")))
         elif again is not None and again.outcome is Outcome.REGRESSED:

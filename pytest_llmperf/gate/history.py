@@ -19,19 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import median
-from typing import Any
 
 from pytest_llmperf.gate.evidence import Evidence, compare_fixed, compare_to_history, is_constant
 from pytest_llmperf.gate.noise import pooled, process_value
-from pytest_llmperf.gate.samples import (
-    SeriesSamples,
-    acceptances,
-    accepted_reason,
-    load_samples,
-    min_effect_for,
-    min_effects,
-)
+from pytest_llmperf.gate.samples import accepted_reason, min_effect_for
 from pytest_llmperf.gate.verdict import Comparison
+from pytest_llmperf.history.gating import Acceptance, acceptances, min_effects
+from pytest_llmperf.history.runs import RunStart, baseline_candidates, run_start
+from pytest_llmperf.history.samples import SeriesSamples, other_environments, series_samples
+from pytest_llmperf.history.store import HistoryStore
 from pytest_llmperf.measure.metrics import COMPARED_METRICS, GATED_METRICS, Better, Sampling, metric
 
 MIN_BASELINE_RUNS = 3
@@ -53,58 +49,29 @@ class HistoryBaseline:
     metrics: tuple[str, ...] = COMPARED_METRICS
 
 
-def _run_row(db: Any, run_id: str) -> tuple[str, str | None]:
-    row = db.execute("SELECT started_at, git_branch FROM runs WHERE id = ?", [run_id]).fetchone()
-    if row is None:
-        raise ValueError(f"there is no run {run_id!r} in the history")
-    return row[0], row[1]
-
-
-def _candidate_runs(db: Any, branch: str, before: str, exclude: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(run id, started_at) of complete runs on the branch before the current one, newest first."""
-    marks = ", ".join("?" for _ in exclude)
-    return [tuple(r) for r in db.execute(  # type: ignore[misc]
-        "SELECT id, started_at FROM runs WHERE git_branch = ? AND status = 'complete' AND ab_group IS NULL "
-        f"AND id NOT IN ({marks}) AND started_at <= ? ORDER BY started_at DESC, rowid DESC",
-        [branch, *exclude, before])]
-
-
-def _new_level_since(rows: list[tuple[str, str, str | None, str]], samples: SeriesSamples,
-                     candidates: list[tuple[str, str]]) -> str | None:
+def _new_level_since(rows: list[Acceptance], samples: SeriesSamples, candidates: list[RunStart]) -> str | None:
     """The start time of the newest candidate run with an acceptance (``rows``) covering this series, if any."""
-    for run_id, started_at in candidates:  # newest first
-        if accepted_reason(rows, run_id, samples.subject):
-            return started_at
+    for run in candidates:  # newest first
+        if accepted_reason(rows, run.run_id, samples.subject):
+            return run.started_at
     return None
 
 
-def _other_environments(db: Any, samples: SeriesSamples, run_ids: list[str]) -> list[str]:
-    s = samples.subject
-    if not run_ids:
-        return []
-    marks = ", ".join("?" for _ in run_ids)
-    return [r[0] for r in db.execute(
-        f"SELECT DISTINCT env_fingerprint FROM results WHERE run_id IN ({marks}) AND test_id = ? AND metric = ? "
-        "AND batch_size IS ? AND model_id = ? AND backend = ? AND variant = ? AND world_size = ? "
-        "AND env_fingerprint != ?",
-        [*run_ids, s.test_id, s.metric, s.batch_size, s.model_id, s.backend, s.variant, s.world_size,
-         samples.env_fingerprint])]
-
-
-def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
+def history_comparisons(store: HistoryStore, run_id: str, baseline: HistoryBaseline, *,
                         exclude: tuple[str, ...] = ()) -> list[Comparison]:
     """One comparison per gated series of ``run_id``, against its history on ``baseline.branch``
     (without the runs in ``exclude``)."""
-    started_at, branch = _run_row(db, run_id)
+    start = run_start(store, run_id)
     # the newest runs of the baseline branch continue this run's level only when it is on that branch
-    sizes = RECENT_WINDOWS if branch == baseline.branch else RECENT_WINDOWS[:1]
-    current = load_samples(db, [run_id], baseline.metrics)
-    candidates = _candidate_runs(db, baseline.branch, started_at, (run_id, *exclude))
-    history = load_samples(db, [r for r, _ in candidates], baseline.metrics)
-    effects = min_effects(db, run_id)
-    accepted_now = acceptances(db, [run_id])
-    accepted_before = acceptances(db, [r for r, _ in candidates])
-    started = dict(candidates)
+    sizes = RECENT_WINDOWS if start.branch == baseline.branch else RECENT_WINDOWS[:1]
+    current = series_samples(store, [run_id], baseline.metrics)
+    candidates = baseline_candidates(store, baseline.branch, start.started_at, (run_id, *exclude))
+    candidate_ids = [r.run_id for r in candidates]
+    history = series_samples(store, candidate_ids, baseline.metrics)
+    effects = min_effects(store, run_id)
+    accepted_now = acceptances(store, [run_id])
+    accepted_before = acceptances(store, candidate_ids)
+    started = {r.run_id: r.started_at for r in candidates}
     out = []
     for key, samples in sorted(current.items(), key=lambda kv: kv[1].subject.label):
         subject = samples.subject
@@ -121,14 +88,14 @@ def history_comparisons(db: Any, run_id: str, baseline: HistoryBaseline, *,
         if since is not None:
             where += f" since the change accepted at {since}"
         head = samples.per_run[run_id]
-        earlier_values = [v for r in runs for v in earlier.per_run[r]] if earlier else []  # type: ignore[union-attr]
+        earlier_values = [v for r in runs for v in earlier.per_run[r]] if earlier else []
         if metric(subject.metric).sampling is Sampling.FIXED and runs and is_constant([*earlier_values, *head]):
             evidence = compare_fixed(earlier_values, head)  # equal so far: any change beyond the tolerance counts
             out.append(Comparison(subject, evidence, where, tuple(runs), effect, accepted=accepted,
                                   gated=gated))
             continue
         if len(runs) < MIN_BASELINE_RUNS:
-            others = _other_environments(db, samples, [r for r, _ in candidates]) if not runs else []
+            others = other_environments(store, subject, candidate_ids) if not runs else []
             note = (f"no baseline: only {len(runs)} earlier run(s) of this series on {baseline.branch} with this "
                     f"environment (at least {MIN_BASELINE_RUNS} are needed)")
             if others:

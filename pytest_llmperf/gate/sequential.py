@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 from scipy.optimize import brentq
@@ -90,7 +91,7 @@ def boundaries(alpha: float, fractions: Sequence[float], *, stop_at: int | None 
 
     ``stop_at``: the index of a look where the run stops before its planned end; it spends what is left."""
     fractions = tuple(float(f) for f in fractions)
-    if not fractions or any(b <= a for a, b in zip(fractions, fractions[1:], strict=False)) or fractions[0] <= 0:
+    if not fractions or any(b <= a for a, b in pairwise(fractions)) or fractions[0] <= 0:
         raise ValueError(f"information fractions must increase from above 0, got {fractions}")
     return _design(float(alpha), fractions, stop_at)
 

@@ -32,7 +32,7 @@ from pytest_llmperf.gate.plan import quantile, z_sum
 from pytest_llmperf.gate.sequential import nominal_level
 from pytest_llmperf.gate.spec import DEFAULT_MIN_EFFECT
 from pytest_llmperf.measure.metrics import Better, metric
-from pytest_llmperf.series import Subject
+from pytest_llmperf.series import SeriesKey
 
 #: the share of runs of unchanged code that may fail (per run, over every gated series)
 DEFAULT_ALPHA = 0.01
@@ -57,7 +57,7 @@ OUTCOME_ORDER = (Outcome.REGRESSED, Outcome.INCONCLUSIVE, Outcome.IMPROVED, Outc
 class Comparison:
     """A subject, the evidence about it, and the baseline it was compared with, before the rule is applied."""
 
-    subject: Subject
+    subject: SeriesKey
     #: None when there was nothing to compare with; ``note`` says why
     evidence: Evidence | None
     baseline: str
@@ -105,7 +105,7 @@ class Verdict:
     detectable: float | None = None
 
     @property
-    def subject(self) -> Subject:
+    def subject(self) -> SeriesKey:
         return self.comparison.subject
 
     @property

@@ -17,7 +17,7 @@ from pytest_llmperf.atomic import write_text_atomically
 
 if TYPE_CHECKING:
     from pytest_llmperf.gate.verdict import Verdict
-    from pytest_llmperf.store import HistoryStore
+    from pytest_llmperf.history.store import HistoryStore
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
@@ -31,7 +31,8 @@ def write_run_reports(store: HistoryStore, run_id: str, verdicts: Sequence[Verdi
     """Write what applies (``verdicts`` None: the run was not gated); returns the files written."""
     if verdicts is None and out_dir is None:
         return []
-    from pytest_llmperf.history_admin import export_runs, pytest_benchmark_document
+    from pytest_llmperf.history.benchmark_json import pytest_benchmark_document
+    from pytest_llmperf.history.export import export_runs
     from pytest_llmperf.report.verdicts import verdict_markdown
 
     markdown = verdict_markdown(verdicts, title=title, reproduce=reproduce) if verdicts is not None else None

@@ -6,7 +6,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from pytest_llmperf.store import ResultRow
+from pytest_llmperf.history.recent import ResultRow
 from pytest_llmperf.units import format_value
 
 

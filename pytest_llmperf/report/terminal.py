@@ -71,7 +71,7 @@ def summary_table(record: BenchRecord) -> Table:
         if i == 0:
             checks = unplaced + checks
         if result.outcome != "ok":
-            cells = [result.outcome] * 5
+            cells: list[str] = [result.outcome] * 5
         else:
             peak = format_value("peak_mem_bytes", result.memory.peak_bytes) if result.memory else "-"
             cells = [_trial_cell(result, name) for name in ("ttft_ms", "tpot_ms", "tokens_per_s", "ms_per_token")]

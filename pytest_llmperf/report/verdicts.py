@@ -38,8 +38,9 @@ def _cells(v: Verdict) -> list[str]:
         statistic = "-" if e.statistic is None else f"t={e.statistic:.3g}"
     p = "-" if v.p_worse is None else f"{v.p_worse:.2g}"
     n = "-" if e is None else f"{e.n_base}/{e.n_head}"
-    return [_outcome(v), s.test_id, "-" if s.batch_size is None else str(s.batch_size), s.metric, base, head,
-            change, ratio, ci, statistic, p, n, f"{v.comparison.min_effect:.0%}", v.comparison.baseline, "; ".join(v.notes)]
+    batch = s.point.batch_size
+    return [_outcome(v), s.test_id, "-" if batch is None else str(batch), s.metric, base, head, change, ratio, ci,
+            statistic, p, n, f"{v.comparison.min_effect:.0%}", v.comparison.baseline, "; ".join(v.notes)]
 
 
 def ordered(verdicts: Sequence[Verdict]) -> list[Verdict]:

@@ -86,7 +86,7 @@ def test_ab_finds_the_slower_head_and_keeps_both_sides_in_the_history(repo, tmp_
     done = subprocess.run(
         [LLMPERF, "ab", "--base", "HEAD~1", "--head", "HEAD", "--repo", str(repo), "--db", str(db), "--rounds", "2",
          "--max-rounds", "4", "--report-dir", str(reports), "--", *pytest_args(tmp_path, model_cache)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "llmperf gate: FAIL: a regression" in done.stdout
     with sqlite3.connect(db) as conn:
@@ -113,7 +113,7 @@ def test_calibrate_runs_one_revision_against_itself_and_reports_its_noise(repo, 
     done = subprocess.run(
         [LLMPERF, "calibrate", "--rev", "HEAD~1", "--repo", str(repo), "--db", str(tmp_path / "h.db"),
          "--rounds", "2", "--", *pytest_args(tmp_path, model_cache)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for column in ("within-process CV", "between-process CV", "process SD (df)", "detectable, 2 rounds",
                    "rounds for 10%", "A/A verdict"):
@@ -126,6 +126,6 @@ def test_calibrate_runs_one_revision_against_itself_and_reports_its_noise(repo, 
 
 def test_a_revision_that_does_not_exist_is_named_with_the_fix(repo, tmp_path):
     done = subprocess.run([LLMPERF, "ab", "--base", "nope", "--repo", str(repo), "--db", str(tmp_path / "h.db")],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "revision 'nope' is not a commit of" in done.stderr and "git rev-parse" in done.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from pytest_llmperf.cli import main
 from pytest_llmperf.environment import collect_environment, collect_run_context
-from pytest_llmperf.store import HistoryStore
+from pytest_llmperf.history.store import HistoryStore
 from tests.factories import make_generate, make_record
 
 

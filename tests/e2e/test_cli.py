@@ -8,7 +8,7 @@ import pytest
 
 from pytest_llmperf.cli import main
 from pytest_llmperf.environment import collect_environment, collect_run_context
-from pytest_llmperf.store import HistoryStore
+from pytest_llmperf.history.store import HistoryStore
 from tests.factories import make_generate, make_record
 
 
@@ -33,10 +33,21 @@ def test_history_shows_recent_results_as_a_table(history, capsys):
     assert "t.py::test_x" in out
 
 
-def test_history_filters_and_limits(history, capsys):
-    assert main(["history", "--db", str(history), "--backend", "hf", "--last", "3"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if "synthetic:llama-tiny" in line]
-    assert len(rows) == 3
+def test_history_filters_and_limits(history, capsys, tmp_path):
+    with HistoryStore.open(history) as store:
+        store.start_run("run2", collect_environment("cpu"), collect_run_context(tmp_path, ("pytest",)))
+        store.record_test("run2", make_record(make_generate(1, 1.0)), test_outcome="passed")
+        store.finish_run("run2", "complete")
+
+    def shown(*args: str) -> list[str]:
+        assert main(["history", "--db", str(history), "--backend", "hf", *args]) == 0
+        return [line for line in capsys.readouterr().out.splitlines() if "synthetic:llama-tiny" in line]
+
+    # --last N: every result of the newest N runs (run2 measured batch 1 only; run1 batches 1 and 8)
+    newest = shown("--last", "1")
+    both = shown("--last", "2")
+    assert newest and all(" 8 " not in row for row in newest)
+    assert len(both) > len(newest) and any(" 8 " in row for row in both)
     assert main(["history", "--db", str(history), "--backend", "vllm"]) == 1
     assert "no results match" in capsys.readouterr().err
 

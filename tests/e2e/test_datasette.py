@@ -14,9 +14,10 @@ SKIP = "the dashboard needs datasette: pip install 'datasette==0.65.5'"
 datasette_app = pytest.importorskip("datasette.app", reason=SKIP)
 datasette_utils = pytest.importorskip("datasette.utils", reason=SKIP)
 
-from pytest_llmperf.environment import Environment, GitState, RunContext  # noqa: E402
+from pytest_llmperf.environment import GitState, RunContext  # noqa: E402
 from pytest_llmperf.gate.history import HistoryBaseline, history_comparisons  # noqa: E402
 from pytest_llmperf.gate.verdict import judge  # noqa: E402
+from pytest_llmperf.history.store import HistoryStore  # noqa: E402
 from pytest_llmperf.measure.metrics import TRIAL_METRICS  # noqa: E402
 from pytest_llmperf.results import (  # noqa: E402
     BenchRecord,
@@ -25,21 +26,16 @@ from pytest_llmperf.results import (  # noqa: E402
     GenerateResult,
     LoadResult,
     MemoryPeak,
-    ModelIdentity,
     PageCache,
     Trial,
 )
-from pytest_llmperf.store import HistoryStore  # noqa: E402
+from tests.factories import LLAMA_TINY as MODEL  # noqa: E402
+from tests.factories import NIGHTLY_H100 as H100  # noqa: E402
 
 METADATA_PATH = Path(__file__).resolve().parents[2] / "dashboards" / "metadata.yml"
 METADATA = datasette_utils.parse_metadata(METADATA_PATH.read_text())
 QUERIES = METADATA["databases"]["history"]["queries"]
 
-H100 = Environment(device_kind="cuda", device_model="NVIDIA H100 80GB HBM3", device_count=1, driver="550.54",
-                   cuda="12.4", python="3.11.9", torch="2.4.0", transformers="4.44.0", accelerate="0.33.0",
-                   deepspeed="0.15.1")
-MODEL = ModelIdentity(model_id="synthetic:llama-tiny", config_hash="d4b03f1efd6651e9", model_type="llama",
-                      dtype="bfloat16", num_parameters=205120)
 HF = "suites/test_generate.py::test_generate[llama-tiny-hf]"
 DS = "suites/test_generate.py::test_generate[llama-tiny-deepspeed-kernel-inject]"
 ACCEPTED = "new attention kernel: slower by design"
@@ -114,7 +110,7 @@ def history(tmp_path_factory) -> Built:
             store.record_test(run_id, record(rng, DS, "deepspeed", "kernel-inject", 2, 0.5,
                                              oom=(16,) if ds_oom else ()), test_outcome="passed")
             store.finish_run(run_id, "complete")
-            verdicts = judge(history_comparisons(store.db, run_id, HistoryBaseline(branch="main")))
+            verdicts = judge(history_comparisons(store, run_id, HistoryBaseline(branch="main")))
             store.record_verdicts(run_id, verdicts, baseline_kind="history")
             if run_id != built.latest:  # stored when the run ended; the latest run's verdicts are from now
                 with store.transaction() as db:

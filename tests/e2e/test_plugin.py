@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from pytest_llmperf.store import HistoryStore
+from pytest_llmperf.history.store import HistoryStore
 
 PASSING = """
 import pytest
@@ -248,7 +248,7 @@ def test_a_history_that_cannot_be_written_fails_the_test_that_could_not_be_recor
         @pytest.hookimpl(trylast=True)
         def pytest_configure(config):
             from pytest_llmperf.plugin import SESSION
-            from pytest_llmperf.store import HistoryError
+            from pytest_llmperf.history.errors import HistoryError
 
             def refuse(*args, **kwargs):
                 raise HistoryError("history.db: database or disk is full")

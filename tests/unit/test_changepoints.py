@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_what_is_reported_is_consistent():
             assert abs(p.relative_change) >= config.min_relative_change
             assert p.relative_change == pytest.approx((p.after - p.before) / p.before)
             assert p.p_value < config.alpha
-        assert all(a.after == b.before for a, b in zip(points, points[1:]))
+        assert all(a.after == b.before for a, b in pairwise(points))
 
 
 def test_a_long_history_with_several_shifts():

@@ -15,14 +15,14 @@ from pytest_llmperf.dashboard.history import Series, load_history
 from pytest_llmperf.dashboard.recent import recent_comparisons, recent_shifts
 from pytest_llmperf.dashboard.site import Row, build_dashboard, worst_first
 from pytest_llmperf.gate.verdict import Outcome
-from pytest_llmperf.series import Subject
+from tests.factories import series_key
 
 RUNS = 40
 SEEDS = 200
 
 
 def series(values, name: str = "s0", metric: str = "tokens_per_s", branch: str = "main") -> Series:
-    s = Series(Subject(f"key-{name}", f"suites/t.py::test_{name}", "m", "hf", "default", "bfloat16", 1, 8, metric),
+    s = Series(series_key(metric, f"suites/t.py::test_{name}", batch_size=8, dtype="bfloat16"),
                f"page-{name}", "tok/s", "env", "cpu x1", branch)
     s.run_ids = [f"{name}-run{i}" for i in range(len(values))]
     s.values = [float(v) for v in values]
@@ -49,7 +49,7 @@ def detection_rates(noise: float, ages: tuple[int, ...], *, others: int = 0) -> 
             rng = np.random.default_rng(seed)
             stepped = series(noisy(rng, noise, step=-0.10, age=age))
             build = [stepped, *(series(noisy(rng, noise), f"n{i}") for i in range(others))]
-            shift = recent_shifts(build).get(("key-s0", "main"))
+            shift = recent_shifts(build).get((stepped.subject.digest(), "main"))
             flagged += shift is not None and shift.outcome is Outcome.REGRESSED
             points = detect_change_points(stepped.values)
             placed += bool(points) and abs(points[-1].index - (RUNS - age)) <= 2 and points[-1].relative_change < 0

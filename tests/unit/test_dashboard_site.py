@@ -62,9 +62,10 @@ def test_a_page_holds_one_configuration_and_the_load_metrics_of_its_test(site):
     history = load_history(root / "history.db")
     by_page = pages(history)
     hf_b8 = [members for members in by_page.values()
-             if any(s.subject.test_id.endswith("[llama-hf]") and s.subject.batch_size == 8 for s in members)]
+             if any(s.subject.test_id.endswith("[llama-hf]") and s.subject.point.batch_size == 8 for s in members)]
     [members] = hf_b8
-    assert sorted(s.subject.metric for s in members) == ["load_s", "peak_mem_bytes", "tokens_per_s", "tpot_ms", "ttft_ms"]
+    assert sorted(s.subject.metric for s in members) == ["load_s", "peak_mem_bytes", "tokens_per_s", "tpot_ms",
+                                                          "ttft_ms"]
     data = (root / "site" / "data" / f"{members[0].page}.js").read_text()
     page = json.loads(data.split("=", 1)[1].rstrip(";\n"))
     tokens = next(s for s in page["series"] if s["metric"] == "tokens_per_s")

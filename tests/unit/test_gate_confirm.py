@@ -5,7 +5,7 @@ import sys
 from pytest_llmperf.gate.confirm import confirmation_command, reconcile
 from pytest_llmperf.gate.evidence import compare_fixed
 from pytest_llmperf.gate.verdict import Comparison, Outcome, Verdict
-from pytest_llmperf.series import Subject
+from tests.factories import series_key
 
 
 def test_the_rerun_keeps_the_options_drops_the_gate_and_the_report_files_and_runs_only_the_regressed_tests():
@@ -18,7 +18,7 @@ def test_the_rerun_keeps_the_options_drops_the_gate_and_the_report_files_and_run
 
 
 def verdict(key: str, outcome: Outcome) -> Verdict:
-    subject = Subject(key, f"t::{key}", "m", "hf", "default", "float32", 1, 1, "tokens_per_s")
+    subject = series_key("tokens_per_s", f"t::{key}")
     return Verdict(Comparison(subject, compare_fixed([1.0], [1.0]), "main: 3 runs"), outcome)
 
 

@@ -11,25 +11,22 @@ from pytest_llmperf.gate.ab_compare import ab_comparisons
 from pytest_llmperf.gate.history import HistoryBaseline, history_comparisons
 from pytest_llmperf.gate.spec import GateSpec
 from pytest_llmperf.gate.verdict import Outcome, judge
+from pytest_llmperf.history.store import HistoryStore
 from pytest_llmperf.results import (
     BenchRecord,
     GenerateConfig,
     GenerateResult,
     LoadResult,
     MemoryPeak,
-    ModelIdentity,
     PageCache,
     Trial,
 )
-from pytest_llmperf.store import HistoryStore
+from tests.factories import LLAMA_TINY as MODEL
+from tests.factories import NIGHTLY_H100 as H100
 
-H100 = Environment(device_kind="cuda", device_model="NVIDIA H100 80GB HBM3", device_count=1, driver="550.54",
-                   cuda="12.4", python="3.11.9", torch="2.4.0", transformers="4.44.0", accelerate="0.33.0",
-                   deepspeed=None)
 A100 = replace(H100, device_model="NVIDIA A100-SXM4-80GB")
-MODEL = ModelIdentity(model_id="synthetic:llama-tiny", config_hash="d4b03f1efd6651e9", model_type="llama",
-                      dtype="bfloat16", num_parameters=205120)
 TEST = "suites/test_bloom_study.py::test_load[llama-tiny-hf]"
+NO_GATE = GateSpec()
 
 
 def ctx(branch: str, commit: str = "c0ffee") -> RunContext:
@@ -38,12 +35,13 @@ def ctx(branch: str, commit: str = "c0ffee") -> RunContext:
 
 
 def record(rng, *, e2e_s: float, test_id: str = TEST, noise: float = 0.01, peak: int = 10**9,
-           gate: GateSpec = GateSpec()) -> BenchRecord:
+           gate: GateSpec = NO_GATE) -> BenchRecord:
     trials = tuple(Trial(ttft_s=0.01, e2e_s=e2e_s * (1 + rng.normal(0, noise)), batch_size=8, new_tokens=100)
                    for _ in range(5))
     generate = GenerateResult(config=GenerateConfig(batch_size=8, prompt_tokens=32, new_tokens=100, trials=5,
                                                     warmups=1),
-                              outcome="ok", trials=trials, memory=MemoryPeak(peak_bytes=peak, reserved_bytes=None, method="cuda"))
+                              outcome="ok", trials=trials,
+                              memory=MemoryPeak(peak_bytes=peak, reserved_bytes=None, method="cuda"))
     load = LoadResult(load_s=2.0 * (1 + rng.normal(0, noise)), phases=(("read", 2.0),), weights_bytes=10**8,
                       memory=MemoryPeak(peak_bytes=peak, reserved_bytes=None, method="cuda"), page_cache=PageCache(1.0),
                       devices=("cuda:0",))
@@ -69,7 +67,7 @@ class History:
         return run_id
 
     def gate(self, run_id: str, branch: str = "main"):
-        return {v.subject.metric: v for v in judge(history_comparisons(self.store.db, run_id,
+        return {v.subject.metric: v for v in judge(history_comparisons(self.store, run_id,
                                                                        HistoryBaseline(branch=branch)))}
 
 
@@ -129,7 +127,7 @@ def test_llmperf_accept_after_the_fact_marks_the_runs_regressions(history):
     for _ in range(4):
         history.run(e2e_s=1.0)
     slow = history.run(e2e_s=1.5)
-    verdicts = judge(history_comparisons(history.store.db, slow, HistoryBaseline(branch="main")))
+    verdicts = judge(history_comparisons(history.store, slow, HistoryBaseline(branch="main")))
     history.store.record_verdicts(slow, verdicts, baseline_kind="history")
     history.store.accept(slow, "suites/*::test_load[*]", "new sampler", metric="tokens_per_s")
     accepted = dict(history.store.db.execute("SELECT metric, accepted FROM verdicts WHERE run_id = ?", [slow]))
@@ -142,7 +140,7 @@ def test_ab_groups_compare_every_process_of_each_side(history):
     for _ in range(3):
         history.run(e2e_s=1.0, branch="pr", ab=("g1", "base"))
         history.run(e2e_s=1.2, branch="pr", ab=("g1", "head"))
-    verdicts = {v.subject.metric: v for v in judge(ab_comparisons(history.store.db, "g1"))}
+    verdicts = {v.subject.metric: v for v in judge(ab_comparisons(history.store, "g1"))}
     tps = verdicts["tokens_per_s"]
     assert tps.outcome is Outcome.REGRESSED
     assert (tps.evidence.n_base, tps.evidence.n_head) == (3, 3)  # each process counts once, not its 5 trials
@@ -155,7 +153,7 @@ def test_a_min_effect_from_the_marker_decides_what_counts(history):
     for _ in range(3):
         history.run(e2e_s=1.0, ab=("g2", "base"))
         history.run(e2e_s=1.08, ab=("g2", "head"), gate=GateSpec(layers=((("tokens_per_s", 0.2),),)))
-    verdicts = {v.subject.metric: v for v in judge(ab_comparisons(history.store.db, "g2"))}
+    verdicts = {v.subject.metric: v for v in judge(ab_comparisons(history.store, "g2"))}
     assert verdicts["tokens_per_s"].comparison.min_effect == 0.2
     assert verdicts["tokens_per_s"].outcome is Outcome.UNCHANGED  # 8 % < 20 %
     assert verdicts["tpot_ms"].outcome is Outcome.REGRESSED  # the default 5 %
@@ -170,7 +168,7 @@ def test_memory_that_varies_from_run_to_run_is_compared_as_noisy_not_against_the
     for _ in range(3):
         history.run(e2e_s=1.0, peak=2**30, ab=("g3", "base"))
         history.run(e2e_s=1.0, peak=2**30 + 2**20, ab=("g3", "head"))  # a device counter: exact, +0.1 %
-    ab = {v.subject.metric: v for v in judge(ab_comparisons(history.store.db, "g3"))}
+    ab = {v.subject.metric: v for v in judge(ab_comparisons(history.store, "g3"))}
     assert ab["peak_mem_bytes"].evidence.method == "tolerance" and ab["peak_mem_bytes"].outcome is Outcome.UNCHANGED
 
 
@@ -198,7 +196,7 @@ def test_an_ab_run_judges_few_processes_against_the_noise_earlier_groups_measure
     history.run(e2e_s=1.3, ab=("g4", "head"), noise=0.002)
     history.run(e2e_s=1.02, ab=("g4", "base"), noise=0.002)
     history.run(e2e_s=1.28, ab=("g4", "head"), noise=0.002)
-    tps = {v.subject.metric: v for v in judge(ab_comparisons(history.store.db, "g4"))}["tokens_per_s"]
+    tps = {v.subject.metric: v for v in judge(ab_comparisons(history.store, "g4"))}["tokens_per_s"]
     assert tps.evidence.df == 16 + 2  # 8 earlier sides of 3 processes, and this run's own 2 + 2
     assert "8 earlier same-code groups" in tps.evidence.noise
     assert tps.outcome is Outcome.REGRESSED

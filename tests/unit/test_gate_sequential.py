@@ -1,6 +1,7 @@
 """Sequential A/B rounds: boundaries that keep the level, the plan, the looks and the stopping rules."""
 
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,8 @@ from pytest_llmperf.gate.noise import NoiseParts, ProcessNoise, combine, noise_p
 from pytest_llmperf.gate.plan import best_trials, detectable, processes_needed
 from pytest_llmperf.gate.sequential import boundaries, look_rounds, nominal_level, spent
 from pytest_llmperf.gate.verdict import Comparison, Outcome
-from pytest_llmperf.series import Subject
 from pytest_llmperf.settings import duration, percentage
+from tests.factories import series_key
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.01])
@@ -27,7 +28,7 @@ def test_boundaries_keep_the_level_over_all_looks(alpha):
     z = steps[:, np.array(looks) - 1] / np.sqrt(np.array(looks))
     crossed = (z >= bounds).any(axis=1).mean()
     assert crossed == pytest.approx(alpha, rel=0.12)
-    assert all(a > b for a, b in zip(bounds, bounds[1:], strict=False))  # early looks demand more
+    assert all(a > b for a, b in pairwise(bounds))  # early looks demand more
 
 
 def test_spending_is_alpha_times_the_fraction_squared_and_a_stop_spends_the_rest():
@@ -68,7 +69,7 @@ def test_noise_is_pooled_by_degrees_of_freedom_and_split_into_within_and_between
     assert a.df == 3 and a.sd == pytest.approx(math.sqrt((0.02 + 0.08) / 3))
     assert pooled([[1.0]], "one value") is None
     both = combine(a, ProcessNoise(0.1, 7, "b"))
-    assert both.df == 10 and "a + b" == both.source
+    assert both.df == 10 and both.source == "a + b"
     rng = np.random.default_rng(1)
     processes = [np.exp(rng.normal(0, 0.10) + rng.normal(0, 0.02, 20)) for _ in range(400)]
     parts = noise_parts(processes)
@@ -76,7 +77,7 @@ def test_noise_is_pooled_by_degrees_of_freedom_and_split_into_within_and_between
 
 
 def subject(metric="tokens_per_s"):
-    return Subject(f"s:{metric}", "t", "m", "hf", "default", "float32", 1, 1, metric)
+    return series_key(metric, "t")
 
 
 def simulated(rng, head_level: float, sd: float = 0.05):
@@ -106,13 +107,13 @@ def test_a_large_regression_stops_the_run_at_an_early_look():
 
 def test_the_plan_sets_the_rounds_and_a_time_budget_ends_them_first():
     said = []
-    run_round, compare, base = simulated(np.random.default_rng(3), 100.0)
+    run_round, compare, _base = simulated(np.random.default_rng(3), 100.0)
     rounds, _ = run_rounds(config(detect=0.1), run_round, compare, log=said.append)
     planned = processes_needed(0.05, 0.1, 0.01)
     assert f"{planned} round(s) planned" in said[0]
     assert rounds <= planned
     clock = iter(range(0, 10_000, 10))  # every call of the clock 10 s later
-    run_round, compare, base = simulated(np.random.default_rng(3), 100.0)
+    run_round, compare, _base = simulated(np.random.default_rng(3), 100.0)
     rounds, _ = run_rounds(config(detect=0.01, time_budget_s=100), run_round, compare,
                            clock=lambda: float(next(clock)), log=said.append)
     assert rounds <= 6 and any("would not fit in the time budget of 100 s" in line for line in said)

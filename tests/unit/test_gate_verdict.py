@@ -8,12 +8,12 @@ import pytest
 from pytest_llmperf.gate.evidence import compare_fixed, compare_processes, compare_to_history
 from pytest_llmperf.gate.noise import ProcessNoise
 from pytest_llmperf.gate.verdict import Comparison, Look, Outcome, judge
-from pytest_llmperf.series import Subject
+from pytest_llmperf.series import SeriesKey
+from tests.factories import series_key
 
 
-def subject(metric: str = "tokens_per_s", test_id: str = "t") -> Subject:
-    return Subject(series_key=f"{test_id}:{metric}", test_id=test_id, model_id="m", backend="hf", variant="default",
-                   dtype="float32", world_size=1, batch_size=1, metric=metric)
+def subject(metric: str = "tokens_per_s", test_id: str = "t") -> SeriesKey:
+    return series_key(metric, test_id)
 
 
 def processes(rng, level: float, *, n: int = 3, trials: int = 5, within: float = 0.03, between: float = 0.0):

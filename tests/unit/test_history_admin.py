@@ -14,20 +14,19 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from pytest_llmperf import history_admin
-from pytest_llmperf import store as store_mod
 from pytest_llmperf.cli import main
-from pytest_llmperf.environment import Environment, GitState, RunContext
+from pytest_llmperf.environment import Environment
+from pytest_llmperf.history import merge as merge_mod
+from pytest_llmperf.history import schema as schema_mod
+from pytest_llmperf.history.benchmark_json import pytest_benchmark_document
+from pytest_llmperf.history.errors import HistoryError
+from pytest_llmperf.history.export import EXPORT_FORMAT, export_runs
+from pytest_llmperf.history.merge import MergeReport, merge_histories
+from pytest_llmperf.history.prune import prune_history
+from pytest_llmperf.history.schema import SCHEMA_VERSION
+from pytest_llmperf.history.store import HistoryStore
 from pytest_llmperf.measure.conditions import Conditions, CpuConditions
 from pytest_llmperf.measure.nvml import GpuState
-from pytest_llmperf.history_admin import (
-    EXPORT_FORMAT,
-    MergeReport,
-    export_runs,
-    merge_histories,
-    prune_history,
-    pytest_benchmark_document,
-)
 from pytest_llmperf.results import (
     BenchRecord,
     BudgetCheck,
@@ -35,25 +34,14 @@ from pytest_llmperf.results import (
     GenerateResult,
     LoadResult,
     MemoryPeak,
-    ModelIdentity,
     PageCache,
     Trial,
 )
-from pytest_llmperf.store import SCHEMA_VERSION, HistoryError, HistoryStore
+from tests.factories import CPU_ENV as CPU
+from tests.factories import GPU_ENV as GPU
+from tests.factories import QWEN, run_context
 
-GPU = Environment(device_kind="cuda", device_model="NVIDIA H100 80GB HBM3", device_count=1, driver="550.54.15",
-                  cuda="12.4", python="3.11.9", torch="2.4.1", transformers="4.56.0", accelerate="1.0.1",
-                  deepspeed=None)
-CPU = Environment(device_kind="cpu", device_model="AMD EPYC 7763 64-Core Processor", device_count=16, driver=None,
-                  cuda=None, python="3.11.9", torch="2.4.1", transformers="4.56.0", accelerate="1.0.1",
-                  deepspeed=None)
-CTX = RunContext(host="bench-01", cpu_model="AMD EPYC 7763 64-Core Processor", cpu_count=16,
-                 platform="Linux-5.15.0-x86_64-with-glibc2.35",
-                 git=GitState(commit="9f1c2ab4e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3", branch="main", dirty=False),
-                 project_root="/home/ci/llm-suite", argv=("pytest", "tests/perf"), plugin_version="0.1.0",
-                 pytest_version="8.3.3")
-QWEN = ModelIdentity(model_id="Qwen/Qwen2.5-0.5B-Instruct", config_hash="3f2a9c41d07be655", model_type="qwen2",
-                     dtype="bfloat16", num_parameters=494_032_768)
+CTX = run_context()
 TABLES = ("environments", "runs", "tests", "measurements", "trials", "results", "budget_checks", "verdicts",
           "acceptances")
 #: the integer foreign keys, and the table each points into
@@ -94,8 +82,8 @@ def make_record(test_id: str = "tests/perf/test_qwen.py::test_generate[eager]", 
 
 
 def add_run(s: HistoryStore, run_id: str, *, started_at: str = "2025-03-01T10:00:00+00:00", env: Environment = GPU,
-            tests: tuple[str, ...] = ("tests/perf/test_qwen.py::test_generate[eager]",), status: str | None = "complete",
-            speed: float = 1.0) -> None:
+            tests: tuple[str, ...] = ("tests/perf/test_qwen.py::test_generate[eager]",),
+            status: str | None = "complete", speed: float = 1.0) -> None:
     s.start_run(run_id, env, CTX, started_at=started_at, label=f"label-{run_id}")
     for test_id in tests:
         s.record_test(run_id, make_record(test_id, speed=speed), test_outcome="passed", duration_s=41.7)
@@ -218,7 +206,7 @@ def test_a_run_held_as_running_is_replaced_only_by_a_finished_copy(tmp_path: Pat
 def test_merging_an_older_schema_source_leaves_it_byte_identical(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     old = tmp_path / "old" / "history.db"
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:2])
     with HistoryStore.open(old) as s:
         assert s.schema_version() == 2
         s.start_run("v2run", GPU, CTX, started_at="2024-11-01T10:00:00+00:00")
@@ -312,7 +300,7 @@ def test_the_merge_is_one_transaction(tmp_path: Path, shards, monkeypatch: pytes
     with HistoryStore.open(dest_path) as dest:
         add_run(dest, "mine")
         before = canonical(dest)
-        real_insert_run = history_admin._insert_run
+        real_insert_run = merge_mod._insert_run
         inserted: list[str] = []
 
         def interrupted(db: sqlite_utils.Database, doc: dict, *args: Any) -> None:
@@ -321,7 +309,7 @@ def test_the_merge_is_one_transaction(tmp_path: Path, shards, monkeypatch: pytes
             inserted.append(doc["id"])
             real_insert_run(db, doc, *args)
 
-        monkeypatch.setattr(history_admin, "_insert_run", interrupted)
+        monkeypatch.setattr(merge_mod, "_insert_run", interrupted)
         with pytest.raises(KeyboardInterrupt):
             merge_histories(dest, [a, b])
         assert inserted == ["a1", "shared"]
@@ -412,7 +400,7 @@ def test_export_of_chosen_runs_and_of_an_unknown_run(tmp_path: Path) -> None:
 
 def test_an_export_of_an_older_schema_goes_through_the_migrations(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:2])
     with HistoryStore.open(tmp_path / "v2.db") as s:
         s.start_run("v2run", GPU, CTX, started_at="2024-11-01T10:00:00+00:00")
         s.finish_run("v2run", "interrupted")

@@ -13,8 +13,12 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from pytest_llmperf import store as store_mod
-from pytest_llmperf.environment import Environment, GitState, RunContext
+from pytest_llmperf.history import errors as errors_mod
+from pytest_llmperf.history import schema as schema_mod
+from pytest_llmperf.history.errors import HistoryError
+from pytest_llmperf.history.recent import ResultRow
+from pytest_llmperf.history.schema import SCHEMA_VERSION
+from pytest_llmperf.history.store import HistoryStore
 from pytest_llmperf.measure.conditions import Conditions, CpuConditions
 from pytest_llmperf.measure.metrics import METRICS, TRIAL_METRICS
 from pytest_llmperf.measure.nvml import GpuState
@@ -29,28 +33,11 @@ from pytest_llmperf.results import (
     PageCache,
     Trial,
 )
-from pytest_llmperf.series import SeriesKey
-from pytest_llmperf.store import SCHEMA_VERSION, HistoryError, HistoryStore, ResultRow
+from pytest_llmperf.series import LoadPoint, SeriesKey
+from tests.factories import CPU_ENV, LLAMA, QWEN, run_context
+from tests.factories import GPU_ENV as ENV
 
-ENV = Environment(
-    device_kind="cuda", device_model="NVIDIA H100 80GB HBM3", device_count=1, driver="550.54.15",
-    cuda="12.4", python="3.11.9", torch="2.4.1", transformers="4.56.0", accelerate="1.0.1", deepspeed=None,
-)
-CPU_ENV = Environment(
-    device_kind="cpu", device_model="AMD EPYC 7763 64-Core Processor", device_count=16, driver=None,
-    cuda=None, python="3.11.9", torch="2.4.1", transformers="4.56.0", accelerate="1.0.1", deepspeed=None,
-)
-CTX = RunContext(
-    host="bench-01", cpu_model="AMD EPYC 7763 64-Core Processor", cpu_count=16,
-    platform="Linux-5.15.0-x86_64-with-glibc2.35",
-    git=GitState(commit="9f1c2ab4e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3", branch="main", dirty=False),
-    project_root="/home/ci/llm-suite", argv=("pytest", "tests/perf", "-n", "4"),
-    plugin_version="0.1.0", pytest_version="8.3.3",
-)
-QWEN = ModelIdentity(model_id="Qwen/Qwen2.5-0.5B-Instruct", config_hash="3f2a9c41d07be655",
-                     model_type="qwen2", dtype="bfloat16", num_parameters=494_032_768)
-LLAMA = ModelIdentity(model_id="meta-llama/Llama-3.2-1B", config_hash="b81e04d2aa97c310",
-                      model_type="llama", dtype="float16", num_parameters=1_235_814_400)
+CTX = run_context(argv=("pytest", "tests/perf", "-n", "4"))
 
 
 def _trials(batch: int, new_tokens: int, ttft: float, tpot: float) -> tuple[Trial, ...]:
@@ -135,7 +122,7 @@ def test_file_is_created_with_schema_wal_and_pragmas(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dirs" / "history.db"
     with HistoryStore.open(path) as s:
         assert path.is_file()
-        assert s.schema_version() == SCHEMA_VERSION == len(store_mod.MIGRATIONS)
+        assert s.schema_version() == SCHEMA_VERSION == len(schema_mod.MIGRATIONS)
         assert s.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s.db.execute("PRAGMA busy_timeout").fetchone()[0] == 60_000
         assert s.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -152,11 +139,10 @@ def test_memory_store_has_schema_and_foreign_keys() -> None:
         assert s.schema_version() == SCHEMA_VERSION
         assert s.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert set(TABLES) <= set(s.db.table_names())
-        with pytest.raises(sqlite3.IntegrityError):  # foreign keys are enforced
-            with s.transaction() as db:
-                db["tests"].insert({"run_id": "nope", "test_id": "t", "outcome": "passed", "recorded_at": "x",
-                                    "model_id": "m", "model_config_hash": "h", "dtype": "bfloat16",
-                                    "backend": "hf", "variant": "eager", "world_size": 1})
+        with pytest.raises(sqlite3.IntegrityError), s.transaction() as db:  # foreign keys are enforced
+            db["tests"].insert({"run_id": "nope", "test_id": "t", "outcome": "passed", "recorded_at": "x",
+                                "model_id": "m", "model_config_hash": "h", "dtype": "bfloat16",
+                                "backend": "hf", "variant": "eager", "world_size": 1})
 
 
 def test_context_manager_closes() -> None:
@@ -268,7 +254,8 @@ def test_record_test_writes_every_table(store: HistoryStore) -> None:
     for r in rows(store, "SELECT * FROM results"):
         key = SeriesKey(test_id=r["test_id"], model_id=QWEN.model_id, model_config_hash=QWEN.config_hash,
                         backend="hf", variant="eager", dtype="bfloat16", world_size=1,
-                        batch_size=r["batch_size"], prompt_tokens=r["prompt_tokens"], new_tokens=r["new_tokens"],
+                        point=LoadPoint.of(batch_size=r["batch_size"], prompt_tokens=r["prompt_tokens"],
+                                           new_tokens=r["new_tokens"]),
                         metric=r["metric"], env_fingerprint=fp)
         assert r["series_key"] == key.digest()
         assert r["unit"] == METRICS[r["metric"]].unit
@@ -518,13 +505,13 @@ def test_read_only_file_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "history.db"
     HistoryStore.open(path).close()
     path.chmod(0o444)
-    with pytest.raises(HistoryError, match="read-only.*--llmperf-db PATH"):
+    with pytest.raises(HistoryError, match=r"read-only.*--llmperf-db PATH"):
         HistoryStore.open(path)
 
 
 def test_lock_held_past_the_busy_timeout_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "history.db"
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(errors_mod, "BUSY_TIMEOUT_S", 0.2)
     with HistoryStore.open(path) as s:
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -555,7 +542,7 @@ def test_extra_migration_upgrades_a_v1_file_and_keeps_data(tmp_path: Path, monke
         db.execute("ALTER TABLE runs ADD COLUMN note TEXT")
         db.execute("UPDATE runs SET note = 'migrated'")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, add_note])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", [*schema_mod.MIGRATIONS, add_note])
     with HistoryStore.open(path) as s:
         assert s.schema_version() == SCHEMA_VERSION + 1
         assert s.run("r1")["note"] == "migrated"
@@ -574,7 +561,7 @@ def test_extra_migration_upgrades_a_v1_file_and_keeps_data(tmp_path: Path, monke
 def test_v3_file_upgrades_to_v4_with_run_conditions_and_the_clock_lock(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "history.db"
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:3])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:3])
     with HistoryStore.open(path) as s:
         assert s.schema_version() == 3
         s.start_run("v3run", ENV, CTX)  # an environment without the new field writes to a v3 file as before
@@ -609,7 +596,7 @@ def test_failing_migration_leaves_the_file_at_its_version(tmp_path: Path, monkey
         db.execute("ALTER TABLE runs ADD COLUMN note TEXT")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, broken])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", [*schema_mod.MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
         HistoryStore.open(path)
     monkeypatch.undo()
@@ -636,8 +623,9 @@ def test_recent_results_filters_orders_and_limits(store: HistoryStore) -> None:
     assert len(everything) == 3 * EXPECTED_COUNTS["results"]
     assert all(isinstance(r, ResultRow) for r in everything)
     assert [r.run_id for r in everything] == sorted((r.run_id for r in everything), key=["new", "old"].index)
-    assert len(store.recent_results()) == 20
-    assert len(store.recent_results(last=5)) == 5
+    assert len(store.recent_results()) == len(everything)  # by default the newest 20 runs: both
+    assert {r.run_id for r in store.recent_results(last=1)} == {"new"}  # ``last`` counts runs, not rows
+    assert len(store.recent_results(last=1)) == 2 * EXPECTED_COUNTS["results"]
     assert store.recent_results(last=0) == []
 
     tps = store.recent_results(test="test_qwen", metric="tokens_per_s", last=10)
@@ -673,7 +661,7 @@ def test_v1_file_upgrades_to_v2_with_device_maps_and_correctness(tmp_path: Path,
     from pytest_llmperf.results import CorrectnessCheck
 
     path = tmp_path / "history.db"
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:1])
     with HistoryStore.open(path) as s:
         assert s.schema_version() == 1
         s.start_run("r1", ENV, CTX)
