@@ -40,6 +40,7 @@ from pytest_llmperf.results import (
 from tests.factories import CPU_ENV as CPU
 from tests.factories import GPU_ENV as GPU
 from tests.factories import QWEN, run_context
+from tests.history_rows import count, rows
 
 CTX = run_context()
 TABLES = ("environments", "runs", "tests", "measurements", "trials", "results", "budget_checks", "verdicts",
@@ -99,16 +100,6 @@ def add_verdict(s: HistoryStore, run_id: str, baseline: str) -> None:
                                "min_effect": 0.03, "created_at": "2025-03-01T11:00:00+00:00",
                                "test_id": "tests/perf/test_qwen.py::test_generate[eager]", "metric": "tokens_per_s",
                                "batch_size": 8, "method": "mann-whitney"})
-
-
-def rows(s: HistoryStore, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-    cursor = s.db.execute(sql, list(params))
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r)) for r in cursor.fetchall()]
-
-
-def count(s: HistoryStore, table: str, where: str = "1", params: Any = ()) -> int:
-    return s.db.execute(f"SELECT count(*) FROM {table} WHERE {where}", list(params)).fetchone()[0]
 
 
 def canonical(s: HistoryStore) -> dict[str, list[tuple]]:

@@ -36,6 +36,7 @@ from pytest_llmperf.results import (
 from pytest_llmperf.series import LoadPoint, SeriesKey
 from tests.factories import CPU_ENV, LLAMA, QWEN, run_context
 from tests.factories import GPU_ENV as ENV
+from tests.history_rows import count, rows
 
 CTX = run_context(argv=("pytest", "tests/perf", "-n", "4"))
 
@@ -96,16 +97,6 @@ GENERATE_METRICS = len(TRIAL_METRICS) + 4  # + peak_mem, peak_mem_reserved, kv_c
 EXPECTED_COUNTS = {"tests": 1, "measurements": 4, "results": LOAD_METRICS + 2 * GENERATE_METRICS,
                    "trials": 10, "budget_checks": 3}
 TABLES = ("environments", "runs", "tests", "measurements", "results", "trials", "budget_checks", "verdicts")
-
-
-def rows(s: HistoryStore, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-    cursor = s.db.execute(sql, list(params))
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r)) for r in cursor.fetchall()]
-
-
-def count(s: HistoryStore, table: str, where: str = "1", params: Any = ()) -> int:
-    return s.db.execute(f"SELECT count(*) FROM {table} WHERE {where}", list(params)).fetchone()[0]
 
 
 @pytest.fixture(params=["file", "memory"])
