@@ -233,7 +233,7 @@ class Option:
         return f"llmperf_{self.name}"
 
 
-def argument_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+def argument_type(parse: Callable[[str], Any], name: str | None = None) -> Callable[[str], Any]:
     """An argparse type from one of the parsers above, for pytest's options and ``llmperf``'s alike: its
     ValueError becomes argparse's usage error, which names the flag and the value."""
 
@@ -243,7 +243,7 @@ def argument_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
-    convert.__name__ = name  # argparse names the type in some messages
+    convert.__name__ = name or parse.__name__  # argparse names the type in some messages
     return convert
 
 

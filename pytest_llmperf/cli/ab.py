@@ -18,9 +18,9 @@ def add_parser(commands: Commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("ab", help="same-job A/B: base and head revisions in alternating processes")
     parser.add_argument("--base", required=True, metavar="REV", help="the baseline revision (e.g. the merge base)")
     parser.add_argument("--head", default="HEAD", metavar="REV", help="the revision under test (default: HEAD)")
-    parser.add_argument("--max-rounds", type=argument_type(positive_int, "positive_int"), default=100, metavar="N",
+    parser.add_argument("--max-rounds", type=argument_type(positive_int), default=100, metavar="N",
                         help="at most N rounds, however many the plan asks for (default: %(default)s)")
-    parser.add_argument("--time-budget", type=argument_type(duration, "duration"), metavar="TIME",
+    parser.add_argument("--time-budget", type=argument_type(duration), metavar="TIME",
                         help="start no round that would end after this, e.g. 15m or 900s (default: no budget)")
     add_ab_arguments(parser, rounds=2)
     return parser

@@ -32,21 +32,21 @@ def cpus(text: str) -> tuple[int, ...]:
 def add_ab_arguments(parser: argparse.ArgumentParser, *, rounds: int) -> None:
     add_db_argument(parser)
     parser.add_argument("--repo", default=".", help="the git repository of the project under test (default: .)")
-    parser.add_argument("--rounds", type=argument_type(positive_int, "positive_int"), default=rounds, metavar="N",
+    parser.add_argument("--rounds", type=argument_type(positive_int), default=rounds, metavar="N",
                         help="base/head process pairs before the first verdict (default: %(default)s)")
     parser.add_argument("--base-python", metavar="PATH", help="the base's own Python (default: this one)")
     parser.add_argument("--head-python", metavar="PATH", help="the head's own Python (default: this one)")
     parser.add_argument("--pythonpath", default=".", metavar="DIRS",
                         help="directories of each worktree put first on PYTHONPATH, comma-separated "
                              "(default: '.'; 'src' for a src layout)")
-    parser.add_argument("--cpus", type=argument_type(cpus, "cpus"), metavar="LIST",
+    parser.add_argument("--cpus", type=argument_type(cpus), metavar="LIST",
                         help="pin every process to these cores, e.g. 0-7 for a rank per core (default: the first "
                              "core this command may use; 'none': no pinning); threads are 1 unless OMP_NUM_THREADS "
                              "is set")
     parser.add_argument("--keep-worktrees", action="store_true", help="leave the worktrees for inspection")
     parser.add_argument("--report-dir", metavar="DIR",
                         help="write verdicts.md, run.json and benchmark.json here")
-    parser.add_argument("--detect", type=argument_type(percentage, "percentage"), default=0.10, metavar="CHANGE",
+    parser.add_argument("--detect", type=argument_type(percentage), default=0.10, metavar="CHANGE",
                         help="the change to plan for: detected with 80 %% power (default: 10%%)")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER,
                         help="after --: the pytest arguments that select the performance tests")

@@ -20,7 +20,7 @@ DB_FLAG = "--db"
 
 def add_db_argument(parser: argparse.ArgumentParser, what: str = "history database") -> None:
     """``--db PATH``: the history file, by default where ``pytest --llmperf`` writes it."""
-    parser.add_argument("--db", default=OPTIONS_BY_NAME["db"].default, metavar="PATH",
+    parser.add_argument(DB_FLAG, default=OPTIONS_BY_NAME["db"].default, metavar="PATH",
                         help=f"{what} (default: %(default)s, as pytest --llmperf writes it)")
 
 

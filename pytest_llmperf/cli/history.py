@@ -22,7 +22,7 @@ def add_parser(commands: Commands) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="only models whose id contains this text")
     parser.add_argument("--backend", help="only this backend")
     add_metric_argument(parser, "only this metric (e.g. tokens_per_s)")
-    parser.add_argument("--last", type=argument_type(positive_int, "positive_int"), default=20, metavar="N",
+    parser.add_argument("--last", type=argument_type(positive_int), default=20, metavar="N",
                         help="the results of the newest N runs (default: %(default)s)")
     return parser
 

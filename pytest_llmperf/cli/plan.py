@@ -16,12 +16,12 @@ def add_parser(commands: Commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("plan", help="predicted weights and KV-cache bytes of a model, from its config")
     parser.add_argument("model", help="synthetic:<shape>, synthetic:<config.json>, hub:<org/name> or a directory")
     parser.add_argument("--dtype", default="bfloat16", help="float32, float16 or bfloat16 (default: %(default)s)")
-    parser.add_argument("--batch-sizes", type=argument_type(batch_sizes, "batch_sizes"), default=(1, 8, 32),
+    parser.add_argument("--batch-sizes", type=argument_type(batch_sizes), default=(1, 8, 32),
                         metavar="LIST", help="default: 1,8,32")
     parser.add_argument("--world-sizes", type=argument_type(batch_sizes, "world_sizes"), default=(1, 2, 4, 8),
                         metavar="LIST", help="ranks the weights are split over (default: 1,2,4,8)")
-    parser.add_argument("--prompt-tokens", type=argument_type(positive_int, "positive_int"), default=32, metavar="N")
-    parser.add_argument("--new-tokens", type=argument_type(new_tokens, "new_tokens"), default=100, metavar="N")
+    parser.add_argument("--prompt-tokens", type=argument_type(positive_int), default=32, metavar="N")
+    parser.add_argument("--new-tokens", type=argument_type(new_tokens), default=100, metavar="N")
     return parser
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def add_parser(commands: Commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("prune", help="delete the runs older than some days, and free their space")
     add_db_argument(parser)
-    parser.add_argument("--keep-days", type=argument_type(non_negative_int, "non_negative_int"), required=True,
+    parser.add_argument("--keep-days", type=argument_type(non_negative_int), required=True,
                         metavar="N", help="keep the runs started in the last N days")
     return parser
 
