@@ -7,7 +7,9 @@ budgets and the history. Backends other than ``hf`` first prove they generate ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,7 @@ from pytest_llmperf.results import (
     GenerateResult,
     LoadResult,
 )
-from pytest_llmperf.settings import Knobs, Settings, knob_from_python
+from pytest_llmperf.settings import INT, Knobs, Settings, from_python, knob_from_python, positive_int
 
 if TYPE_CHECKING:
     from pytest_llmperf.pool import Lease
@@ -43,10 +45,10 @@ class GenerateArgumentError(ValueError):
     """An argument of ``llm.generate`` that cannot be used; the message names the call, the argument and why."""
 
 
-def _generate_argument(argument: str, knob: str, value: object) -> Any:
+def _generate_argument(argument: str, value: object, coerce: Callable[[object], Any]) -> Any:
     __tracebackhide__ = True
     try:
-        return knob_from_python(knob, value)
+        return coerce(value)
     except ValueError as e:
         raise GenerateArgumentError(f"llm.generate({argument}={value!r}): {e}") from None
 
@@ -173,10 +175,11 @@ class Bench:
         line still overrides what is passed here.
         """
         __tracebackhide__ = True  # a bad argument's failure points at the test's own call
-        batch = _generate_argument("batch_size", "prompt_tokens", batch_size)  # a positive int, as prompt_tokens
+        batch = _generate_argument("batch_size", batch_size, lambda v: from_python(INT, positive_int, v))
         given = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "trials": trials, "warmups": warmups}
         knobs = self.case.knobs(self._settings, Knobs(**{
-            name: _generate_argument(name, name, value) for name, value in given.items() if value is not None
+            name: _generate_argument(name, value, partial(knob_from_python, name))
+            for name, value in given.items() if value is not None
         }))
         assert knobs.prompt_tokens is not None and knobs.new_tokens is not None and knobs.seed is not None
         assert knobs.trials is not None and knobs.warmups is not None

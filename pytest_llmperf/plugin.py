@@ -11,12 +11,15 @@ import sys
 import time
 from collections.abc import Callable, Generator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_llmperf.case import MARKER, MARKER_HELP, BenchCase, MarkerError, cases_from_marker
 from pytest_llmperf.settings import OPTIONS, Settings, SettingsError, argument_type
+
+if TYPE_CHECKING:
+    from pytest_llmperf.pool import DevicePools
 
 SKIP_REASON = "performance test: run with --llmperf"
 
@@ -27,7 +30,7 @@ RECORD = pytest.StashKey[Any]()  # its final BenchRecord
 VERDICTS = pytest.StashKey[Any]()  # the gate's verdicts of this run (--llmperf-compare)
 OUTCOME = pytest.StashKey[str]()
 STARTED = pytest.StashKey[float]()
-POOLS = pytest.StashKey[Any]()  # DevicePools: each device setting's pool, discovered once
+POOLS = pytest.StashKey["DevicePools"]()  # each device setting's pool, discovered once
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -158,7 +161,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("llmperf_case", cases, ids=[c.id for c in cases])
 
 
-def _pools(config: pytest.Config, settings: Settings) -> Any:
+def _pools(config: pytest.Config, settings: Settings) -> DevicePools:
     """This session's DevicePools (also asked by ``-n auto`` before pytest_configure)."""
     from pytest_llmperf.pool import DevicePools
 
@@ -173,7 +176,7 @@ def _default_pool_size(config: pytest.Config, settings: Settings) -> int:
 
     device = resolve_knobs(settings.cli, settings.ini, DEFAULT_KNOBS).device
     assert device is not None
-    return int(_pools(config, settings).size(device))
+    return _pools(config, settings).size(device)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -326,14 +326,19 @@ KNOB_NAMES = tuple(f.name for f in fields(Knobs))
 DEFAULT_KNOBS = Knobs(**{name: OPTIONS_BY_NAME[name].parse(OPTIONS_BY_NAME[name].default) for name in KNOB_NAMES})
 
 
+def from_python(form: PythonForm, parse: Callable[[Any], Any], value: object, meaning: str = "") -> Any:
+    """A value given in Python, checked strictly: its type against ``form``, then ``parse``. ValueError names
+    what was expected (and ``meaning``, what the value is for); the caller names where it came from."""
+    if not form.accepts(value):
+        raise ValueError(f"expected {form.expected}" + (f" ({meaning})" if meaning else ""))
+    return parse(value)
+
+
 def knob_from_python(name: str, value: object) -> Any:
-    """A knob given in Python (a marker or an ``llm.generate`` argument), checked strictly: ValueError names
-    what was expected; the caller names where the value came from."""
+    """A knob given in Python (a marker or an ``llm.generate`` argument)."""
     option = OPTIONS_BY_NAME[name]
     assert option.python is not None, f"{name} is not a per-test knob"
-    if not option.python.accepts(value):
-        raise ValueError(f"expected {option.python.expected} ({option.help})")
-    return option.parse(value)
+    return from_python(option.python, option.parse, value, option.help)
 
 
 def resolve_knobs(*layers: Knobs) -> Knobs:
