@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pytest_llmperf.gate.spec import GateSpec
-from pytest_llmperf.measure.metrics import TRIAL_METRICS, metric
+from pytest_llmperf.measure.metrics import E2E_DERIVED, TRIAL_METRICS, metric
 from pytest_llmperf.measure.stats import Stats
+from pytest_llmperf.measure.token_clock import TokenTimeline
 
 Outcome = Literal["ok", "oom"]
 BudgetOutcome = Literal["pass", "miss", "unmeasured"]
@@ -33,24 +34,45 @@ class MemoryPeak:
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial: a prefill-only generate (TTFT) and a full generate, on the same inputs."""
+    """One trial: one generate, its tokens timestamped as they were produced (``TokenTimeline``).
+
+    TTFT, the inter-token latencies and TPOT all come from this one request. Trials recorded before
+    tokens were timestamped have no ITL percentiles (None)."""
 
     ttft_s: float
     e2e_s: float
     batch_size: int
     new_tokens: int
     streams: int = 1
+    #: percentiles of this request's inter-token latencies
+    itl_p50_s: float | None = None
+    itl_p90_s: float | None = None
+    itl_p99_s: float | None = None
+
+    @classmethod
+    def from_timeline(cls, timeline: TokenTimeline, *, batch_size: int, streams: int = 1) -> Trial:
+        import numpy as np  # here, not at import: the plugin module loads in every pytest session
+
+        itl = timeline.itl_s
+        p50 = p90 = p99 = None
+        if itl:
+            p50, p90, p99 = (float(v) for v in np.percentile(itl, [50, 90, 99]))
+        return cls(ttft_s=timeline.ttft_s, e2e_s=timeline.end_s, batch_size=batch_size,
+                   new_tokens=len(timeline.token_s), streams=streams, itl_p50_s=p50, itl_p90_s=p90, itl_p99_s=p99)
 
     @property
     def tokens(self) -> int:
         return self.streams * self.batch_size * self.new_tokens
 
-    def value(self, name: str) -> float:
-        """This trial's value of a trial metric (see ``TRIAL_METRICS``)."""
+    def value(self, name: str) -> float | None:
+        """This trial's value of a trial metric (see ``TRIAL_METRICS``); None where it was not measured."""
         if name == "ttft_ms":
             return self.ttft_s * 1000.0
         if name == "tpot_ms":
-            return (self.e2e_s - self.ttft_s) / (self.new_tokens - 1) * 1000.0
+            return None if self.new_tokens < 2 else (self.e2e_s - self.ttft_s) / (self.new_tokens - 1) * 1000.0
+        if name in ("itl_ms", "itl_p90_ms", "itl_p99_ms"):
+            seconds = {"itl_ms": self.itl_p50_s, "itl_p90_ms": self.itl_p90_s, "itl_p99_ms": self.itl_p99_s}[name]
+            return None if seconds is None else seconds * 1000.0
         if name == "e2e_s":
             return self.e2e_s
         if name == "tokens_per_s":
@@ -90,13 +112,25 @@ class GenerateResult:
         return self.config.batch_size
 
     def stats(self, name: str) -> Stats:
-        return Stats.of([t.value(name) for t in self.trials])
+        """The statistics of a trial metric over the trials. A throughput is one function of ``e2e_s``
+        (``tokens / e2e_s``), so its statistics are that function of ``e2e_s``'s: the median of
+        ``ms_per_token`` is exactly ``1000 / tokens_per_s``'s, whatever the number of trials."""
+        per_trial = [t.value(name) for t in self.trials]
+        if name in E2E_DERIVED and self.trials and len({t.tokens for t in self.trials}) == 1:
+            tokens = self.trials[0].tokens
+            to = (lambda e2e: tokens / e2e) if name == "tokens_per_s" else (lambda e2e: e2e * 1000.0 / tokens)
+            return Stats.of([t.e2e_s for t in self.trials]).mapped(to, [v for v in per_trial if v is not None])
+        return Stats.of([v for v in per_trial if v is not None])
+
+    def measured_trial_metrics(self) -> tuple[str, ...]:
+        """The trial metrics every trial has a value of."""
+        return tuple(name for name in TRIAL_METRICS
+                     if self.trials and all(t.value(name) is not None for t in self.trials))
 
     def metric_values(self) -> dict[str, float]:
         """The median of every trial metric, plus every single-valued metric measured."""
         values: dict[str, float] = {}
-        if self.trials:
-            values.update({name: self.stats(name).median for name in TRIAL_METRICS})
+        values.update({name: self.stats(name).median for name in self.measured_trial_metrics()})
         if self.memory is not None:
             values["peak_mem_bytes"] = float(self.memory.peak_bytes)
             if self.memory.reserved_bytes is not None:

@@ -31,6 +31,7 @@ from pytest_llmperf.backends.checkpoint import copy_into_memory, parameters_byte
 from pytest_llmperf.backends.generation import greedy_generate
 from pytest_llmperf.devices import cuda_index
 from pytest_llmperf.measure.clocks import device_sync
+from pytest_llmperf.measure.token_clock import TokenClock
 from pytest_llmperf.models.dtypes import torch_dtype
 
 #: accelerate's strategies for spreading a model over CUDA devices
@@ -278,8 +279,8 @@ class AccelerateBackend:
             raise RuntimeError("the accelerate backend has no model loaded; call load() first")
         return self._model
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        return greedy_generate(self._loaded(), input_ids, new_tokens)
+    def generate(self, input_ids: torch.Tensor, new_tokens: int, clock: TokenClock | None = None) -> torch.Tensor:
+        return greedy_generate(self._loaded(), input_ids, new_tokens, clock)
 
     def synchronize(self) -> None:
         for sync in self._syncs:

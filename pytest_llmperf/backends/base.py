@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from pytest_llmperf.measure.token_clock import TokenClock
+
 #: ``span("phase name")`` times one phase of a load, device work included
 PhaseSpan = Callable[[str], AbstractContextManager[None]]
 
@@ -64,8 +66,12 @@ class Backend(Protocol):
     def input_device(self) -> str:
         """Where prompt token ids must be placed."""
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """Greedy decoding of exactly ``new_tokens`` tokens; returns prompt + new tokens per row."""
+    def generate(self, input_ids: torch.Tensor, new_tokens: int, clock: TokenClock | None = None) -> torch.Tensor:
+        """Greedy decoding of exactly ``new_tokens`` tokens; returns prompt + new tokens per row.
+
+        When given a ``clock``, call ``clock.tick()`` as each step's tokens are ready (``clock.tick(row)``
+        where rows produce their tokens independently): the timestamps are the trial's TTFT and
+        inter-token latencies. Starting and stopping the clock is the caller's."""
 
     def synchronize(self) -> None:
         """Wait until all work queued on this backend's devices is done."""

@@ -19,6 +19,7 @@ from pytest_llmperf.backends.checkpoint import from_pretrained
 from pytest_llmperf.backends.deepspeed_ops import load_cpu_comm_op, prepare_host
 from pytest_llmperf.backends.generation import greedy_generate
 from pytest_llmperf.backends.one_model import OneModelBackend
+from pytest_llmperf.measure.token_clock import TokenClock
 
 
 def zero3_config(dtype: str, hidden_size: int, world_size: int, offload: bool, device: str) -> dict[str, Any]:
@@ -82,9 +83,9 @@ class DsZeroBackend(OneModelBackend):
     def module(self) -> torch.nn.Module:
         return self._loaded().module
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, new_tokens: int, clock: TokenClock | None = None) -> torch.Tensor:
         # every rank must run the same number of forward passes: each gathers parameters with the others
-        return greedy_generate(self.module(), input_ids, new_tokens, synced_gpus=True)
+        return greedy_generate(self.module(), input_ids, new_tokens, clock, synced_gpus=True)
 
     def weights_bytes(self) -> int:
         """This rank's partition of the parameters."""

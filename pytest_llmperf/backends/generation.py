@@ -3,10 +3,14 @@ every backend, so they all run the same decode loop and differ only in how the m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import GenerationConfig
+from transformers.generation.streamers import BaseStreamer
+
+if TYPE_CHECKING:
+    from pytest_llmperf.measure.token_clock import TokenClock
 
 
 def greedy_config(model: Any, new_tokens: int) -> GenerationConfig:
@@ -22,8 +26,30 @@ def greedy_config(model: Any, new_tokens: int) -> GenerationConfig:
     )
 
 
-def greedy_generate(model: Any, input_ids: torch.Tensor, new_tokens: int, **generate_kwargs: Any) -> torch.Tensor:
-    """``model.generate`` (a transformers model, or an engine's module) with ``greedy_config``."""
+class ClockStreamer(BaseStreamer):
+    """Ticks the clock as each decoding step hands its tokens over (already on the host, so the step is done).
+
+    ``generate`` first puts the prompt, which is not a new token."""
+
+    def __init__(self, clock: TokenClock):
+        self._clock = clock
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if self._prompt_seen:
+            self._clock.tick()
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def greedy_generate(model: Any, input_ids: torch.Tensor, new_tokens: int, clock: TokenClock | None = None,
+                    **generate_kwargs: Any) -> torch.Tensor:
+    """``model.generate`` (a transformers model, or an engine's module) with ``greedy_config``; each new
+    token ticks ``clock``."""
+    if clock is not None:
+        generate_kwargs["streamer"] = ClockStreamer(clock)
     with torch.inference_mode():
         return model.generate(
             input_ids=input_ids, attention_mask=torch.ones_like(input_ids),

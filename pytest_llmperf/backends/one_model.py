@@ -15,6 +15,7 @@ import torch
 from pytest_llmperf.backends.checkpoint import parameters_bytes
 from pytest_llmperf.backends.generation import greedy_generate
 from pytest_llmperf.measure.clocks import device_sync
+from pytest_llmperf.measure.token_clock import TokenClock
 
 
 class OneModelBackend:
@@ -41,8 +42,8 @@ class OneModelBackend:
     def module(self) -> torch.nn.Module:
         return self._loaded()
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        return greedy_generate(self.module(), input_ids, new_tokens)
+    def generate(self, input_ids: torch.Tensor, new_tokens: int, clock: TokenClock | None = None) -> torch.Tensor:
+        return greedy_generate(self.module(), input_ids, new_tokens, clock)
 
     def synchronize(self) -> None:
         self._sync()

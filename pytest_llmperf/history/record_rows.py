@@ -116,7 +116,9 @@ def measurement_rows(record: BenchRecord) -> list[MeasurementRows]:
                 "devices": devices,
                 "memory_method": g.memory.method if g.memory else None,
             },
-            trials=[{"idx": i, **asdict(t)} for i, t in enumerate(g.trials)],
+            # a column not measured is left out (NULL), not written as None
+            trials=[{"idx": i, **{k: v for k, v in asdict(t).items() if v is not None}}
+                    for i, t in enumerate(g.trials)],
             results=[_result_values(record, n, v, generate=g) for n, v in g.metric_values().items()],
         ))
     return out

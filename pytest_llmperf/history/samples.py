@@ -35,12 +35,12 @@ def _trials(store: HistoryStore, measurement_ids: Sequence[int]) -> dict[int, li
     ids = sorted(set(measurement_ids))
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
-        for mid, ttft_s, e2e_s, batch, new, streams in store.db.execute(
-            f"SELECT measurement_id, ttft_s, e2e_s, batch_size, new_tokens, streams FROM trials "
-            f"WHERE measurement_id IN ({marks(chunk)}) ORDER BY measurement_id, idx", chunk,
+        for mid, ttft_s, e2e_s, batch, new, streams, p50, p90, p99 in store.db.execute(
+            f"SELECT measurement_id, ttft_s, e2e_s, batch_size, new_tokens, streams, itl_p50_s, itl_p90_s, itl_p99_s "
+            f"FROM trials WHERE measurement_id IN ({marks(chunk)}) ORDER BY measurement_id, idx", chunk,
         ):
             trials.setdefault(mid, []).append(Trial(ttft_s=ttft_s, e2e_s=e2e_s, batch_size=batch, new_tokens=new,
-                                                    streams=streams))
+                                                    streams=streams, itl_p50_s=p50, itl_p90_s=p90, itl_p99_s=p99))
     return trials
 
 
@@ -65,7 +65,7 @@ def series_samples(store: HistoryStore, run_ids: Sequence[str], metrics: Iterabl
             out[key] = SeriesSamples(subject=series_key_from(row))
         metric = row[metric_at]
         if metric in TRIAL_METRICS and trials.get(mid):
-            values = tuple(t.value(metric) for t in trials[mid])
+            values = tuple(v for v in (t.value(metric) for t in trials[mid]) if v is not None)
         else:
             values = (float(value),)
         out[key].per_run[run_id] = values

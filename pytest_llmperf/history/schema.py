@@ -226,11 +226,20 @@ ALTER TABLE environments ADD COLUMN gpu_clocks_locked INTEGER;
 """)
 
 
+def _migrate_to_v5(db: sqlite_utils.Database) -> None:
+    """Tokens timestamped as they are produced: each trial's inter-token latency percentiles."""
+    db.executescript("""
+ALTER TABLE trials ADD COLUMN itl_p50_s REAL;
+ALTER TABLE trials ADD COLUMN itl_p90_s REAL;
+ALTER TABLE trials ADD COLUMN itl_p99_s REAL;
+""")
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 
 #: ``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``. Append, never edit:
 #: files in the wild are at every version. Looked up at open time, so tests can extend it.
-MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2, _migrate_to_v3, _migrate_to_v4]
+MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2, _migrate_to_v3, _migrate_to_v4, _migrate_to_v5]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)
 

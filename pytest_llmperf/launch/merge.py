@@ -6,6 +6,7 @@ times are the maximum over ranks; memory is per rank (the maximum); weights add 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from pytest_llmperf.results import GenerateResult, LoadResult, Trial
@@ -44,7 +45,9 @@ def merge_generates(results: list[GenerateResult], *, independent_streams: bool)
     streams = len(results) if independent_streams else 1
     trials = tuple(
         Trial(ttft_s=max(t.ttft_s for t in per_rank), e2e_s=max(t.e2e_s for t in per_rank),
-              batch_size=first.config.batch_size, new_tokens=first.config.new_tokens, streams=streams)
+              batch_size=first.config.batch_size, new_tokens=first.config.new_tokens, streams=streams,
+              itl_p50_s=_slowest(t.itl_p50_s for t in per_rank), itl_p90_s=_slowest(t.itl_p90_s for t in per_rank),
+              itl_p99_s=_slowest(t.itl_p99_s for t in per_rank))
         for per_rank in zip(*(r.trials for r in results), strict=True)
     )
     energies = [r.energy_j_per_token for r in results]
@@ -58,3 +61,9 @@ def merge_generates(results: list[GenerateResult], *, independent_streams: bool)
         memory=max((r.memory for r in results if r.memory is not None), key=lambda m: m.peak_bytes, default=None),
         energy_j_per_token=energy,
     )
+
+
+def _slowest(values: Iterable[float | None]) -> float | None:
+    """The group waits for its slowest rank: the largest of the ranks' values (None if any rank has none)."""
+    known = list(values)
+    return None if any(v is None for v in known) else max(v for v in known if v is not None)

@@ -62,11 +62,19 @@ _ALL = (
     Metric("max_batch", "sequences", Better.HIGHER, Scope.LOAD,
            "largest batch per stream whose generate fits in memory (--llmperf-max-batch search)", Sampling.FIXED),
     Metric("ttft_ms", "ms", Better.LOWER, Scope.GENERATE,
-           "prefill: a generate with max_new_tokens=1 on the same batch and prompt", Sampling.TRIALS),
+           "time to first token: from the generate call to the first new token of every row being ready",
+           Sampling.TRIALS),
     Metric("tpot_ms", "ms", Better.LOWER, Scope.GENERATE,
-           "decode time per step = (e2e - ttft) / (new_tokens - 1)", Sampling.TRIALS),
+           "time per output token after the first, of the same request = (e2e - ttft) / (new_tokens - 1)",
+           Sampling.TRIALS),
+    Metric("itl_ms", "ms", Better.LOWER, Scope.GENERATE,
+           "inter-token latency: the median gap between consecutive new tokens of one request", Sampling.TRIALS),
+    Metric("itl_p90_ms", "ms", Better.LOWER, Scope.GENERATE,
+           "the 90th percentile of the gaps between consecutive new tokens of one request", Sampling.TRIALS),
+    Metric("itl_p99_ms", "ms", Better.LOWER, Scope.GENERATE,
+           "the 99th percentile of the gaps between consecutive new tokens of one request", Sampling.TRIALS),
     Metric("e2e_s", "s", Better.LOWER, Scope.GENERATE,
-           "one generate of new_tokens tokens, end to end", Sampling.TRIALS),
+           "one generate of new_tokens tokens, from the call until it returned", Sampling.TRIALS),
     Metric("tokens_per_s", "tokens/s", Better.HIGHER, Scope.GENERATE,
            "generated tokens per second of the deployment = streams * batch * new_tokens / e2e", Sampling.TRIALS),
     Metric("ms_per_token", "ms", Better.LOWER, Scope.GENERATE,
@@ -90,6 +98,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
 #: Metrics computed from every trial; their statistics (median, IQR, CV) come from the trials.
 TRIAL_METRICS = tuple(m.name for m in _ALL if m.sampling is Sampling.TRIALS)
+
+#: Trial metrics that are one monotonic function of ``e2e_s`` (a number of tokens over it, or it over them):
+#: their statistics are that function of ``e2e_s``'s, so they always agree with each other.
+E2E_DERIVED = ("tokens_per_s", "ms_per_token")
 
 #: The metrics the regression gate compares and reports.
 COMPARED_METRICS = ("tokens_per_s", "tpot_ms", "ttft_ms", "load_s", "peak_mem_bytes")

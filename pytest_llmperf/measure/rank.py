@@ -15,6 +15,7 @@ from pytest_llmperf.measure.energy import energy_meter
 from pytest_llmperf.measure.memory import memory_meter
 from pytest_llmperf.measure.oom import free_memory, is_out_of_memory
 from pytest_llmperf.measure.page_cache import resident_fraction, weight_files
+from pytest_llmperf.measure.token_clock import TokenClock, TokenTimeline
 from pytest_llmperf.results import GenerateConfig, GenerateResult, LoadResult, PageCache, Trial
 
 #: ``progress(description, completed, total)``
@@ -99,9 +100,18 @@ class RankRunner:
         check_output(self.backend.id, output, inputs, new_tokens)
         return seconds
 
+    def _timestamped(self, inputs, new_tokens: int) -> TokenTimeline:
+        """One generate, each of its tokens timestamped as it is produced."""
+        clock = TokenClock(self.backend.synchronize, rows=int(inputs.shape[0]), new_tokens=new_tokens)
+        clock.start()
+        output = self.backend.generate(inputs, new_tokens, clock)
+        clock.stop()
+        check_output(self.backend.id, output, inputs, new_tokens)
+        return clock.timeline(self.backend.id)
+
     def generate(self, config: GenerateConfig, input_ids: np.ndarray,
                  progress: ProgressFn | None = None) -> GenerateResult:
-        """Warm-ups, then ``config.trials`` trials of (prefill-only generate, full generate).
+        """Warm-ups, then ``config.trials`` trials, each one generate with its tokens timestamped.
 
         An out-of-memory error is a result: outcome "oom", memory freed, nothing raised.
         """
@@ -113,7 +123,7 @@ class RankRunner:
             inputs = self._inputs(input_ids)
             for i in range(config.warmups):
                 report(f"{label}: warm-up", i, config.warmups)
-                self._timed(inputs, config.new_tokens)
+                self._timestamped(inputs, config.new_tokens)
             self._memory.start()
             measuring = True
             if self._energy:
@@ -122,10 +132,8 @@ class RankRunner:
             for i in range(config.trials):
                 report(f"{label}: trials", i, config.trials)
                 with gc_paused():
-                    ttft_s = self._timed(inputs, 1)
-                    e2e_s = self._timed(inputs, config.new_tokens)
-                trials.append(Trial(ttft_s=ttft_s, e2e_s=e2e_s, batch_size=config.batch_size,
-                                    new_tokens=config.new_tokens))
+                    timeline = self._timestamped(inputs, config.new_tokens)
+                trials.append(Trial.from_timeline(timeline, batch_size=config.batch_size))
             joules = self._energy.stop() if self._energy else None
             memory = self._memory.stop()
             measuring = False
@@ -140,7 +148,7 @@ class RankRunner:
             # outside the except block, so the traceback's frames no longer pin the tensors
             free_memory(self.device)
             return GenerateResult(config=config, outcome="oom", error=oom)
-        tokens = config.trials * config.batch_size * (1 + config.new_tokens)
+        tokens = config.trials * config.batch_size * config.new_tokens
         return GenerateResult(
             config=config,
             outcome="ok",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -14,8 +14,8 @@ class Stats:
     q3: float
     min: float
     max: float
-    #: sample standard deviation / mean (ddof=1); 0.0 for a single value
-    cv: float
+    #: sample standard deviation / |mean| (ddof=1); None for a single value, where no spread was measured
+    cv: float | None
 
     @property
     def iqr(self) -> float:
@@ -30,6 +30,14 @@ class Stats:
         a = np.asarray(values, dtype=float)
         q1, median, q3 = np.percentile(a, [25, 50, 75])
         mean = float(a.mean())
-        cv = float(a.std(ddof=1) / mean) if len(a) > 1 and mean != 0 else 0.0
+        cv = None if len(a) < 2 else float(a.std(ddof=1) / abs(mean)) if mean != 0 else 0.0
         return cls(n=len(a), median=float(median), q1=float(q1), q3=float(q3),
                    min=float(a.min()), max=float(a.max()), cv=cv)
+
+    def mapped(self, fn: Callable[[float], float], values: Sequence[float]) -> Stats:
+        """These statistics through a monotonic ``fn`` (quantiles map to quantiles, swapped if it decreases);
+        the CV is that of ``values``, the transformed samples."""
+        q1, q3, low, high = fn(self.q1), fn(self.q3), fn(self.min), fn(self.max)
+        cv = Stats.of(values).cv if values else None
+        return Stats(n=self.n, median=fn(self.median), q1=min(q1, q3), q3=max(q1, q3),
+                     min=min(low, high), max=max(low, high), cv=cv)

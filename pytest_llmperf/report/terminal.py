@@ -33,7 +33,7 @@ def _budget_cell(checks: list[BudgetCheck]) -> str:
 def _trial_cell(result: GenerateResult, name: str) -> str:
     stats = result.stats(name)
     number = format_value(name, stats.median).rsplit(" ", 1)[0]
-    return f"{number} ±{stats.cv:.0%}"
+    return number if stats.cv is None else f"{number} ±{stats.cv:.0%}"
 
 
 def _header(record: BenchRecord) -> str:

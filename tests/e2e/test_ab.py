@@ -38,9 +38,9 @@ class SlowHf(HfBackend):
         super().load(request, span)
         sleep_until(start, LOAD_SECONDS)
 
-    def generate(self, input_ids, new_tokens):
+    def generate(self, input_ids, new_tokens, clock=None):
         start = time.perf_counter()
-        out = super().generate(input_ids, new_tokens)
+        out = super().generate(input_ids, new_tokens, clock)
         sleep_until(start, FACTOR * (SECONDS_PER_CALL + SECONDS_PER_TOKEN * new_tokens))
         return out
 '''

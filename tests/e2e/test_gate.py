@@ -38,9 +38,9 @@ class SlowHf(HfBackend):
         super().load(request, span)
         sleep_until(start, LOAD_SECONDS)
 
-    def generate(self, input_ids, new_tokens):
+    def generate(self, input_ids, new_tokens, clock=None):
         start = time.perf_counter()
-        out = super().generate(input_ids, new_tokens)
+        out = super().generate(input_ids, new_tokens, clock)
         factor = 1.0
         if os.environ.get("SLOW_HF_ONLY_IN_PID", str(os.getpid())) == str(os.getpid()):
             factor = float(os.environ.get("SLOW_HF_FACTOR", "1"))

@@ -92,9 +92,9 @@ class _Faults:
         self._maybe_fail("load")
         super().load(request, span)
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, new_tokens: int, clock=None) -> torch.Tensor:
         self._maybe_fail("generate")
-        output = super().generate(input_ids, new_tokens)
+        output = super().generate(input_ids, new_tokens, clock)
         if self.couple:
             self._couple(output)
         return output

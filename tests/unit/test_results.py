@@ -21,7 +21,7 @@ def test_stats_median_quartiles_and_cv():
     stats = Stats.of([1.0, 2.0, 3.0, 4.0, 100.0])
     assert (stats.median, stats.q1, stats.q3, stats.iqr) == (3.0, 2.0, 4.0, 2.0)
     assert stats.cv == pytest.approx(43.617 / 22.0, rel=1e-4)  # sample std / mean
-    assert Stats.of([5.0]).cv == 0.0
+    assert Stats.of([5.0]).cv is None  # one trial measures no spread: not "0 %"
     with pytest.raises(ValueError):
         Stats.of([])
 

@@ -44,7 +44,8 @@ CTX = run_context(argv=("pytest", "tests/perf", "-n", "4"))
 def _trials(batch: int, new_tokens: int, ttft: float, tpot: float) -> tuple[Trial, ...]:
     jitter = (1.00, 1.03, 0.98, 1.01, 0.99)
     return tuple(
-        Trial(ttft_s=ttft * j, e2e_s=(ttft + tpot * (new_tokens - 1)) * j, batch_size=batch, new_tokens=new_tokens)
+        Trial(ttft_s=ttft * j, e2e_s=(ttft + tpot * (new_tokens - 1)) * j, batch_size=batch, new_tokens=new_tokens,
+              itl_p50_s=tpot * j, itl_p90_s=tpot * 1.1 * j, itl_p99_s=tpot * 1.5 * j)
         for j in jitter
     )
 
@@ -556,12 +557,12 @@ def test_v3_file_upgrades_to_v4_with_run_conditions_and_the_clock_lock(tmp_path:
     with HistoryStore.open(path) as s:
         assert s.schema_version() == 3
         s.start_run("v3run", ENV, CTX)  # an environment without the new field writes to a v3 file as before
-        s.record_test("v3run", make_record(), test_outcome="passed")
+        s.record_test("v3run", _without_itl(make_record()), test_outcome="passed")
         s.finish_run("v3run", "complete")
         before = s.recent_results(last=1000)
     monkeypatch.undo()
     with HistoryStore.open(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 4
+        assert s.schema_version() == SCHEMA_VERSION == 5
         assert "conditions" in s.db["runs"].columns_dict and "gpu_clocks_locked" in s.db["environments"].columns_dict
         old = s.run("v3run")
         assert (old["status"], old["conditions"], old["env_fingerprint"]) == ("complete", None, ENV.fingerprint())
@@ -576,6 +577,34 @@ def test_v3_file_upgrades_to_v4_with_run_conditions_and_the_clock_lock(tmp_path:
                     [unlocked.fingerprint()]) == [{"gpu_clocks_locked": 0}]
         assert rows(s, "SELECT gpu_clocks_locked FROM environments WHERE fingerprint = ?",
                     [ENV.fingerprint()]) == [{"gpu_clocks_locked": None}]
+
+
+def _without_itl(record: BenchRecord) -> BenchRecord:
+    """The record as code from before tokens were timestamped measured it."""
+    return replace(record, generates=tuple(
+        replace(g, trials=tuple(replace(t, itl_p50_s=None, itl_p90_s=None, itl_p99_s=None) for t in g.trials))
+        for g in record.generates))
+
+
+def test_v4_file_upgrades_to_v5_and_keeps_trials_without_inter_token_latencies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "history.db"
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:4])
+    with HistoryStore.open(path) as s:
+        s.start_run("v4run", ENV, CTX)
+        s.record_test("v4run", _without_itl(make_record()), test_outcome="passed")
+        s.finish_run("v4run", "complete")
+        before = s.recent_results(last=1000)
+    monkeypatch.undo()
+    with HistoryStore.open(path) as s:
+        assert s.schema_version() == 5
+        assert s.recent_results(last=1000) == before
+        assert {r["itl_p50_s"] for r in rows(s, "SELECT itl_p50_s FROM trials")} == {None}
+        s.start_run("v5run", ENV, CTX)
+        s.record_test("v5run", make_record(), test_outcome="passed")
+        itl = rows(s, "SELECT t.itl_p99_s FROM trials t JOIN measurements m ON m.id = t.measurement_id "
+                      "WHERE m.run_id = 'v5run'")
+        assert itl and all(r["itl_p99_s"] > 0 for r in itl)
 
 
 def test_failing_migration_leaves_the_file_at_its_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
