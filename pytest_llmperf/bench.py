@@ -106,7 +106,7 @@ class Bench:
         )
         request = LoadRequest(
             model.path, model.dtype, device, case.variant, devices=tuple(d.name for d in lease.devices),
-            world_size=case.world_size,
+            world_size=case.world_size, cache_dir=settings.model_cache / "derived", gguf_file=model.gguf_file,
         )
         implementation = backend_class(case.backend)
         refuse = getattr(implementation, "unavailable_reason", None)

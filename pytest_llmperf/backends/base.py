@@ -37,6 +37,12 @@ class LoadRequest:
     world_size: int = 1
     #: a private, empty directory that lives as long as the loaded model (disk offload goes here)
     scratch_dir: Path | None = None
+    #: a directory kept between runs for what a backend derives from the checkpoint (a GGUF file
+    #: written from it); None: derive into ``scratch_dir``
+    cache_dir: Path | None = None
+    #: the GGUF file the model came from (a ``gguf:`` model source); ``checkpoint`` is then its
+    #: dequantized transformers copy
+    gguf_file: Path | None = None
 
     @property
     def leased_devices(self) -> tuple[str, ...]:

@@ -49,10 +49,13 @@ class TokenClock:
         self._sync()
         self._start = time.perf_counter()
 
-    def tick(self, row: int | None = None) -> None:
-        """The next token of every row (``row=None``) or of one row is ready."""
-        self._sync()
-        now = time.perf_counter()
+    def tick(self, row: int | None = None, *, at: float | None = None) -> None:
+        """The next token of every row (``row=None``) or of one row is ready: now, or ``at`` (a
+        ``time.perf_counter()`` reading taken when it was, in this process or another on this machine:
+        on Linux it is the system-wide monotonic clock)."""
+        if at is None:
+            self._sync()
+        now = time.perf_counter() if at is None else at
         if row is None:
             self._batch.append(now)
         else:

@@ -54,6 +54,10 @@ _SHAPES = (
     _shape("llama-tiny", "llama", "tiny Llama with grouped-query attention for tests (~0.2 M parameters)",
            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, max_position_embeddings=1024, **_TINY),
+    _shape("llama-tiny-hd32", "llama", "tiny Llama whose heads are 32 wide, the least vLLM's CPU attention takes "
+           "(~0.4 M parameters)",
+           hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, max_position_embeddings=1024, **_TINY),
     _shape("gpt2-tiny", "gpt2", "tiny GPT-2 for tests (~0.3 M parameters)",
            n_embd=64, n_layer=2, n_head=4, n_positions=1024, **_TINY),
     _shape("bloom-560m", "bloom", "bigscience/bloom-560m",

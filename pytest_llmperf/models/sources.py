@@ -47,6 +47,8 @@ class ResolvedModel:
     dtype: str
     num_parameters: int
     config: PretrainedConfig = field(compare=False, repr=False)
+    #: the GGUF file this model came from (``gguf:`` sources); ``path`` is then its dequantized copy
+    gguf_file: Path | None = None
 
     @property
     def identity(self) -> ModelIdentity:
