@@ -17,7 +17,7 @@ from pytest_llmperf.backends import backend_class, backend_entry
 from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest
 from pytest_llmperf.case import BenchCase
 from pytest_llmperf.correctness import CHECK_BATCH_SIZE, CHECK_NEW_TOKENS, compare_tokens, reference_tokens
-from pytest_llmperf.devices import device_bandwidth, device_kind, device_memory_bytes
+from pytest_llmperf.devices import cpu_threads, device_bandwidth, device_kind, device_memory_bytes
 from pytest_llmperf.launch.distributed import GroupSpec
 from pytest_llmperf.launch.group_launcher import GroupLauncher
 from pytest_llmperf.launch.inline import InlineLauncher
@@ -107,6 +107,7 @@ class Bench:
         request = LoadRequest(
             model.path, model.dtype, device, case.variant, devices=tuple(d.name for d in lease.devices),
             world_size=case.world_size, cache_dir=settings.model_cache / "derived", gguf_file=model.gguf_file,
+            threads=cpu_threads(len(lease.devices), settings.cpu_slots) if kind == "cpu" else None,
         )
         implementation = backend_class(case.backend)
         refuse = getattr(implementation, "unavailable_reason", None)

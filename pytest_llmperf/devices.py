@@ -59,3 +59,12 @@ def device_bandwidth(device: str) -> float | None:
     index = cuda_index(device)
     gpus = nvml.visible_devices()
     return gpus[index].memory_bandwidth_bytes_per_s if index < len(gpus) else None
+
+
+def cpu_threads(leased_slots: int, cpu_slots: int) -> int:
+    """The threads ``leased_slots`` of the pool's ``cpu_slots`` CPU slots stand for: their share of the cores
+    this process may run on, at least one."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores * leased_slots // max(1, cpu_slots))

@@ -40,6 +40,8 @@ class LoadRequest:
     #: a directory kept between runs for what a backend derives from the checkpoint (a GGUF file
     #: written from it); None: derive into ``scratch_dir``
     cache_dir: Path | None = None
+    #: CPU threads this load may use: the cores of the CPU slots it leased (None on CUDA)
+    threads: int | None = None
     #: the GGUF file the model came from (a ``gguf:`` model source); ``checkpoint`` is then its
     #: dequantized transformers copy
     gguf_file: Path | None = None
