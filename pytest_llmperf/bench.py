@@ -28,8 +28,10 @@ from pytest_llmperf.models.plan import capacity_problem, kv_cache_bytes
 from pytest_llmperf.models.sources import ResolvedModel, resolve_model
 from pytest_llmperf.models.spec import parse_model_spec
 from pytest_llmperf.progress import NullProgress, Progress
+from pytest_llmperf.prompt_set import PromptSetError, text_prompt_token_ids
 from pytest_llmperf.prompts import prompt_token_ids
 from pytest_llmperf.results import (
+    RANDOM_PROMPTS,
     BenchRecord,
     CorrectnessCheck,
     GenerateConfig,
@@ -39,6 +41,8 @@ from pytest_llmperf.results import (
 from pytest_llmperf.settings import INT, Knobs, Settings, from_python, knob_from_python, positive_int
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pytest_llmperf.pool import Lease
 
 class GenerateArgumentError(ValueError):
@@ -74,6 +78,7 @@ class Bench:
         self._reference = reference
         self._scratch_dir = scratch_dir
         self._first_generate_pending = True
+        self._tokenizer: Any = None
         self.results: list[GenerateResult] = []
         self._settings = settings
         self._progress = progress
@@ -169,7 +174,7 @@ class Bench:
         return self.knobs.batch_sizes
 
     def generate(self, batch_size: int, *, new_tokens: int | None = None, prompt_tokens: int | None = None,
-                 trials: int | None = None, warmups: int | None = None) -> GenerateResult:
+                 trials: int | None = None, warmups: int | None = None, prompts: str | None = None) -> GenerateResult:
         """Measure one configuration: warm-ups, then trials of (TTFT generate, full generate).
 
         Arguments left out come from the command line, marker, ini file or defaults; the command
@@ -177,19 +182,18 @@ class Bench:
         """
         __tracebackhide__ = True  # a bad argument's failure points at the test's own call
         batch = _generate_argument("batch_size", batch_size, lambda v: from_python(INT, positive_int, v))
-        given = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "trials": trials, "warmups": warmups}
+        given = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "trials": trials, "warmups": warmups,
+                 "prompts": prompts}
         knobs = self.case.knobs(self._settings, Knobs(**{
             name: _generate_argument(name, value, partial(knob_from_python, name))
             for name, value in given.items() if value is not None
         }))
         assert knobs.prompt_tokens is not None and knobs.new_tokens is not None and knobs.seed is not None
-        assert knobs.trials is not None and knobs.warmups is not None
+        assert knobs.trials is not None and knobs.warmups is not None and knobs.prompts is not None
         config = GenerateConfig(batch_size=batch, prompt_tokens=knobs.prompt_tokens,
-                                new_tokens=knobs.new_tokens, trials=knobs.trials, warmups=knobs.warmups)
-        input_ids = prompt_token_ids(
-            vocab_size=self.model.vocab_size, batch_size=batch, prompt_tokens=config.prompt_tokens,
-            seed=knobs.seed, special_ids=self.model.special_token_ids,
-        )
+                                new_tokens=knobs.new_tokens, trials=knobs.trials, warmups=knobs.warmups,
+                                prompts=knobs.prompts)
+        input_ids = self._prompts(config, knobs.seed)
         if self._first_generate_pending:
             self._first_generate_pending = False
             self._progress.update(f"{self.model.model_id}: first generate")
@@ -202,6 +206,22 @@ class Bench:
         result = self._with_predictions(result)
         self.results.append(result)
         return result
+
+    def _prompts(self, config: GenerateConfig, seed: int) -> np.ndarray:
+        """The prompt token ids of a configuration: seeded random ids, or the text set through the tokenizer."""
+        if config.prompts == RANDOM_PROMPTS:
+            return prompt_token_ids(vocab_size=self.model.vocab_size, batch_size=config.batch_size,
+                                    prompt_tokens=config.prompt_tokens, seed=seed,
+                                    special_ids=self.model.special_token_ids)
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model.path)
+        try:
+            return text_prompt_token_ids(self._tokenizer, batch_size=config.batch_size,
+                                         prompt_tokens=config.prompt_tokens, model_id=self.model.model_id)
+        except PromptSetError as e:
+            raise GenerateArgumentError(f"llm.generate(prompts={config.prompts!r}): {e}") from None
 
     def sweep(self) -> tuple[GenerateResult, ...]:
         """``generate`` at every configured batch size; an out-of-memory batch is recorded and the sweep goes on."""

@@ -82,6 +82,10 @@ class Trial:
         raise KeyError(f"{name!r} is not a per-trial metric; per-trial metrics: {', '.join(TRIAL_METRICS)}")
 
 
+#: the default prompt set: seeded random token ids (``pytest_llmperf.prompts``)
+RANDOM_PROMPTS = "random"
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     batch_size: int
@@ -89,6 +93,8 @@ class GenerateConfig:
     new_tokens: int
     trials: int
     warmups: int
+    #: "random" (seeded token ids) or "text" (the shipped prompt set through the model's tokenizer)
+    prompts: str = RANDOM_PROMPTS
 
 
 @dataclass(frozen=True)

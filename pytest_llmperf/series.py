@@ -99,12 +99,16 @@ class SeriesKey:
     metric: str
     #: ``Environment.fingerprint()``: device model and count, driver/CUDA, library versions
     env_fingerprint: str
+    #: the prompt set of a generate ("text"); None for seeded random token ids, the default, which every
+    #: series recorded before prompt sets has: it enters the digest only when set
+    prompts: str | None = None
 
     def canonical(self) -> dict[str, object]:
         """The fields the digest hashes, flat: the load point's coordinates sit beside the others."""
         return {"test_id": self.test_id, "model_id": self.model_id, "model_config_hash": self.model_config_hash,
                 "backend": self.backend, "variant": self.variant, "dtype": self.dtype, "world_size": self.world_size,
-                **self.point.canonical(), "metric": self.metric, "env_fingerprint": self.env_fingerprint}
+                **self.point.canonical(), "metric": self.metric, "env_fingerprint": self.env_fingerprint,
+                **({"prompts": self.prompts} if self.prompts is not None else {})}
 
     @cached_property
     def _digest(self) -> str:
@@ -118,4 +122,5 @@ class SeriesKey:
     def label(self) -> str:
         """How reports name the series: ``suites/t.py::test_x[hf] b8 tokens_per_s``."""
         point = f" {self.point.label}" if self.point.label else ""
-        return f"{self.test_id}{point} {self.metric}"
+        prompts = f" prompts={self.prompts}" if self.prompts is not None else ""
+        return f"{self.test_id}{point}{prompts} {self.metric}"

@@ -62,6 +62,15 @@ def new_tokens(text: str | int) -> int:
     return value
 
 
+def prompt_set(text: str) -> str:
+    from pytest_llmperf.prompt_set import PROMPT_SETS
+
+    value = text.strip()
+    if value not in PROMPT_SETS:
+        raise ValueError(f"expected one of {', '.join(PROMPT_SETS)}, got {text!r}")
+    return value
+
+
 def dtype(text: str) -> str:
     return "auto" if text.strip() == "auto" else parse_dtype(text.strip())
 
@@ -267,6 +276,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_sizes", batch_sizes, "1,8,32", "batch sizes a sweep measures", "LIST", INTS),
     Option("prompt_tokens", positive_int, "32", "prompt length in tokens", "N", INT),
     Option("new_tokens", new_tokens, "100", "tokens generated per sequence (>= 2)", "N", INT),
+    Option("prompts", prompt_set, "random",
+           "prompt set: random (seeded token ids) or text (the shipped passages, through the model's tokenizer)",
+           "SET", TEXT),
     Option("trials", positive_int, "5", "measured trials per batch size", "N", INT),
     Option("warmups", non_negative_int, "1", "unmeasured warm-up generates per batch size", "N", INT),
     Option("dtype", dtype, "auto", "float32, float16, bfloat16 or auto (bfloat16 on CUDA, float32 on CPU)", "DTYPE",
@@ -316,6 +328,7 @@ class Knobs:
     batch_sizes: tuple[int, ...] | None = None
     prompt_tokens: int | None = None
     new_tokens: int | None = None
+    prompts: str | None = None
     dtype: str | None = None
     device: str | None = None
     seed: int | None = None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.history.series_columns import series_columns
 from pytest_llmperf.measure.metrics import METRICS, TRIAL_METRICS
-from pytest_llmperf.results import BenchRecord, BudgetCheck, GenerateResult
+from pytest_llmperf.results import RANDOM_PROMPTS, BenchRecord, BudgetCheck, GenerateResult
 from pytest_llmperf.series import LoadPoint, SeriesKey
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ class ResultValues:
     metric: str
     #: unit, value, the spread of trial metrics and the budget that applied
     columns: dict[str, Any]
+    #: the prompt set of a generate other than random token ids (see ``SeriesKey.prompts``)
+    prompts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,17 +41,18 @@ class MeasurementRows:
     results: list[ResultValues]
 
 
-def series_key(record: BenchRecord, point: LoadPoint, metric: str, env_fingerprint: str) -> SeriesKey:
+def series_key(record: BenchRecord, point: LoadPoint, metric: str, env_fingerprint: str,
+               prompts: str | None = None) -> SeriesKey:
     """The series a metric of this record at this load point belongs to, in the run's environment."""
     return SeriesKey(test_id=record.test_id, model_id=record.model.model_id,
                      model_config_hash=record.model.config_hash, backend=record.backend, variant=record.variant,
                      dtype=record.model.dtype, world_size=record.world_size, point=point, metric=metric,
-                     env_fingerprint=env_fingerprint)
+                     env_fingerprint=env_fingerprint, prompts=prompts)
 
 
 def result_row(record: BenchRecord, result: ResultValues, env_fingerprint: str) -> dict[str, Any]:
     """A results row without its measurement and run ids."""
-    key = series_key(record, result.point, result.metric, env_fingerprint)
+    key = series_key(record, result.point, result.metric, env_fingerprint, result.prompts)
     return {**series_columns(key), **result.columns}
 
 
@@ -77,7 +80,8 @@ def _result_values(record: BenchRecord, name: str, value: float, *, generate: Ge
     if generate is not None and name in TRIAL_METRICS and generate.trials:
         s = generate.stats(name)
         columns.update(value=s.median, q1=s.q1, q3=s.q3, cv=s.cv, n=s.n, min=s.min, max=s.max)
-    return ResultValues(point=point, metric=name, columns=columns)
+    prompts = None if config is None or config.prompts == RANDOM_PROMPTS else config.prompts
+    return ResultValues(point=point, metric=name, columns=columns, prompts=prompts)
 
 
 def measurement_rows(record: BenchRecord) -> list[MeasurementRows]:

@@ -227,8 +227,10 @@ ALTER TABLE environments ADD COLUMN gpu_clocks_locked INTEGER;
 
 
 def _migrate_to_v5(db: sqlite_utils.Database) -> None:
-    """Tokens timestamped as they are produced: each trial's inter-token latency percentiles."""
+    """Tokens timestamped as they are produced: each trial's inter-token latency percentiles; the prompt set of
+    a series (NULL: seeded random token ids)."""
     db.executescript("""
+ALTER TABLE results ADD COLUMN prompts TEXT;
 ALTER TABLE trials ADD COLUMN itl_p50_s REAL;
 ALTER TABLE trials ADD COLUMN itl_p90_s REAL;
 ALTER TABLE trials ADD COLUMN itl_p99_s REAL;

@@ -13,7 +13,7 @@ from pytest_llmperf.series import LoadPoint, SeriesKey
 
 #: the identity columns of ``results``, in the order ``series_key_from`` reads them
 SERIES_COLUMNS = ("test_id", "model_id", "model_config_hash", "backend", "variant", "dtype", "world_size",
-                  "batch_size", "prompt_tokens", "new_tokens", "metric", "env_fingerprint")
+                  "batch_size", "prompt_tokens", "new_tokens", "metric", "env_fingerprint", "prompts")
 
 
 def series_select(alias: str) -> str:
@@ -24,11 +24,11 @@ def series_select(alias: str) -> str:
 def series_key_from(values: Sequence[Any]) -> SeriesKey:
     """The key of a row whose first ``len(SERIES_COLUMNS)`` values are the identity columns, in order."""
     (test_id, model_id, config_hash, backend, variant, dtype, world_size, batch_size, prompt_tokens, new_tokens,
-     metric, env) = values[:len(SERIES_COLUMNS)]
+     metric, env, prompts) = values[:len(SERIES_COLUMNS)]
     return SeriesKey(test_id=test_id, model_id=model_id, model_config_hash=config_hash, backend=backend,
                      variant=variant, dtype=dtype, world_size=world_size,
                      point=LoadPoint.of(batch_size=batch_size, prompt_tokens=prompt_tokens, new_tokens=new_tokens),
-                     metric=metric, env_fingerprint=env)
+                     metric=metric, env_fingerprint=env, prompts=prompts)
 
 
 def series_columns(key: SeriesKey) -> dict[str, Any]:
@@ -42,4 +42,4 @@ def series_columns(key: SeriesKey) -> dict[str, Any]:
             "backend": key.backend, "variant": key.variant, "dtype": key.dtype, "world_size": key.world_size,
             "batch_size": key.point.batch_size, "prompt_tokens": key.point.prompt_tokens,
             "new_tokens": key.point.new_tokens, "metric": key.metric, "env_fingerprint": key.env_fingerprint,
-            "series_key": key.digest()}
+            "prompts": key.prompts, "series_key": key.digest()}

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_llmperf.models.dtypes import dtype_bytes, resolve_dtype
 from pytest_llmperf.models.fingerprint import config_hash
+from pytest_llmperf.models.gguf_source import GgufSourceError, check_gguf_header, dequantized_checkpoint
 from pytest_llmperf.models.plan import capacity_problem, num_parameters
 from pytest_llmperf.models.spec import ModelSpec
 from pytest_llmperf.models.synthetic import ensure_synthetic, synthetic_config, synthetic_dir
@@ -87,6 +88,8 @@ def resolve_model(
     dtype = resolve_dtype(dtype, device_kind)
     if spec.kind == "synthetic":
         return _synthetic(spec, dtype, Path(cache_dir), seed, device_kind, device_memory_bytes, progress)
+    if spec.kind == "gguf":
+        return _gguf(spec, dtype, Path(cache_dir), progress)
     path = _hub_snapshot(spec) if spec.kind == "hub" else _local_checkpoint(spec)
     config = _load_config(spec, path)
     return _resolved(spec, path, dtype, config, _num_parameters(spec, config))
@@ -99,8 +102,31 @@ def model_config(spec: ModelSpec) -> PretrainedConfig:
             return synthetic_config(spec)
         except ValueError as e:
             raise ModelSourceError(str(e)) from e
+    if spec.kind == "gguf":
+        return _gguf_config(spec)
     path = _hub_snapshot(spec) if spec.kind == "hub" else _local_checkpoint(spec)
     return _load_config(spec, path)
+
+
+def _gguf(spec: ModelSpec, dtype: str, cache_dir: Path, progress: Callable[[str], None] | None) -> ResolvedModel:
+    assert spec.path is not None
+    try:
+        path = dequantized_checkpoint(spec.path, cache_dir, progress or (lambda step: None))
+    except GgufSourceError as e:
+        raise ModelSourceError(str(e)) from e
+    config = _load_config(spec, path)
+    return replace(_resolved(spec, path, dtype, config, _num_parameters(spec, config)), gguf_file=spec.path)
+
+
+def _gguf_config(spec: ModelSpec) -> PretrainedConfig:
+    from transformers import AutoConfig
+
+    assert spec.path is not None
+    try:
+        check_gguf_header(spec.path)
+        return AutoConfig.from_pretrained(spec.path.parent, gguf_file=spec.path.name)
+    except (GgufSourceError, OSError, ValueError, KeyError) as e:
+        raise ModelSourceError(f"cannot read the config of {spec.text!r} from {spec.path}: {e}") from e
 
 
 def _synthetic(

