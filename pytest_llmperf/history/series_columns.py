@@ -42,4 +42,6 @@ def series_columns(key: SeriesKey) -> dict[str, Any]:
             "backend": key.backend, "variant": key.variant, "dtype": key.dtype, "world_size": key.world_size,
             "batch_size": key.point.batch_size, "prompt_tokens": key.point.prompt_tokens,
             "new_tokens": key.point.new_tokens, "metric": key.metric, "env_fingerprint": key.env_fingerprint,
-            "prompts": key.prompts, "series_key": key.digest()}
+            "series_key": key.digest(),
+            # left out (NULL) for random prompts, as in every row written before prompt sets existed
+            **({"prompts": key.prompts} if key.prompts is not None else {})}

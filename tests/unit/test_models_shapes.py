@@ -28,7 +28,7 @@ PUBLISHED_PARAMETERS = {
 
 
 def test_registry_holds_tiny_and_real_shapes():
-    assert set(SHAPES) == {*TINY, *PUBLISHED_PARAMETERS}
+    assert set(SHAPES) == {*TINY, "llama-tiny-hd32", *PUBLISHED_PARAMETERS}
     assert all(isinstance(shape, Shape) and name == shape.name for name, shape in SHAPES.items())
 
 
@@ -59,6 +59,12 @@ def test_tiny_shapes_are_tiny(name):
     assert 100_000 <= num_parameters(c) <= 300_000
     if name != "bloom-tiny":  # BLOOM's ALiBi has no position limit
         assert (getattr(c, "max_position_embeddings", None) or c.n_positions) >= 512
+
+
+def test_llama_tiny_hd32_has_the_head_size_vllm_cpu_needs():
+    c = shape_config("llama-tiny-hd32")
+    assert c.hidden_size // c.num_attention_heads == 32 and c.num_key_value_heads == 2
+    assert num_parameters(c) < 1_000_000
 
 
 def test_llama_tiny_uses_grouped_query_attention():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_llmperf.models.synthetic import synthetic_config
 from pytest_llmperf.models.spec import parse_model_spec
+from pytest_llmperf.models.synthetic import synthetic_config
 from pytest_llmperf.models.tokenizer import build_tokenizer
 from pytest_llmperf.prompt_set import PROMPT_TEXTS, PromptSetError, text_prompt_token_ids
 
