@@ -44,6 +44,8 @@ REGISTRY: dict[str, BackendEntry] = {
         variants=("default", "cpu-offload"), launch="ranks", independent_streams=True,
     ),
     "hf-tp": BackendEntry("pytest_llmperf.backends.hf_tp:HfTpBackend", launch="ranks"),
+    # vLLM's engine in a process of its own, under vLLM's own Python; tensor parallel over the leased GPUs
+    "vllm": BackendEntry("pytest_llmperf.backends.vllm:VllmBackend"),
 }
 BACKEND_IDS: tuple[str, ...] = tuple(REGISTRY)
 

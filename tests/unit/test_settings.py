@@ -27,7 +27,7 @@ def test_defaults():
     settings = _settings()
     assert settings.db_path == Path("/project/.llmperf/history.db")
     assert settings.models == ("synthetic:bloom-tiny", "synthetic:llama-tiny")
-    assert settings.backends == ("hf", "accelerate", "ds-inference", "ds-zero", "hf-tp")
+    assert settings.backends == ("hf", "accelerate", "ds-inference", "ds-zero", "hf-tp", "vllm")
     assert settings.world_sizes is None and settings.max_batch == 0
     assert Knobs(trials=5, warmups=1, batch_sizes=(1, 8, 32), prompt_tokens=32, new_tokens=100, prompts="random",
                                   dtype="auto", device="auto", seed=0) == DEFAULT_KNOBS
@@ -50,7 +50,7 @@ def test_ini_values_are_parsed_and_command_line_wins():
         ("batch_sizes", "1,x", "expected a list of positive integers"),
         ("dtype", "float8", "float8"),
         ("device", "tpu", "expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-        ("backends", "hf,vllm", "unknown backend 'vllm'; known backends: hf, accelerate"),
+        ("backends", "hf,no-such-engine", "unknown backend 'no-such-engine'; known backends: hf, accelerate"),
         ("world_sizes", "1,two", "expected 'auto' or a list of positive integers"),
         ("memory_headroom", "lots", "is not a byte size"),
         ("rank_timeout", "-1", "expected a positive number of seconds"),
