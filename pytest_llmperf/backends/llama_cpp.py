@@ -114,6 +114,10 @@ class LlamaCppBackend:
                     "give a complete GGUF file"
                 ) from e
         self._gguf = gguf_file
+        with span("ready"):
+            # One token through the decoding loop: the server is serving. It also keeps close() from
+            # stopping the loop before it has started (xllamacpp's destructor would then wait forever).
+            self._exact_tokens([[0]], 1)
 
     @property
     def input_device(self) -> str:

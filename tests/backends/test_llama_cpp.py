@@ -94,8 +94,8 @@ def test_load_phases_cover_the_load_and_weights_are_the_gguf_tensors(llama_tiny,
     runner, first = _loaded(_request(llama_tiny, tmp_path))
     runner.close()
     runner, again = _loaded(_request(llama_tiny, tmp_path))
-    assert [name for name, _ in first.phases] == ["find", "convert", "load"]
-    assert [name for name, _ in again.phases] == ["find", "load"]  # the written file is reused
+    assert [name for name, _ in first.phases] == ["find", "convert", "load", "ready"]
+    assert [name for name, _ in again.phases] == ["find", "load", "ready"]  # the written file is reused
     for load in (first, again):
         assert sum(s for _, s in load.phases) == pytest.approx(load.load_s, rel=0.05, abs=0.005)
     parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(llama_tiny).parameters())
@@ -144,7 +144,7 @@ def test_auto_runs_a_gguf_source_as_it_is(llama_tiny, gguf_cache, tmp_path):
     request = _request(tmp_path, gguf_cache, gguf_file=path)  # a checkpoint directory without weights
     assert not LlamaCppBackend.reproduces_reference(request)
     runner, load = _loaded(request)
-    assert [name for name, _ in load.phases] == ["load"] and runner.backend.gguf_file == path
+    assert [name for name, _ in load.phases] == ["load", "ready"] and runner.backend.gguf_file == path
     assert (runner.tokens(_prompts(2), 16) == expected).all()
     runner.close()
     with pytest.raises(GgufFileError, match=r"no transformers checkpoint at .* variant auto"):
@@ -184,6 +184,9 @@ def test_close_stops_the_server_and_its_threads(llama_tiny, gguf_cache):
     before = _os_threads()
     runner, _ = _loaded(_request(llama_tiny, gguf_cache))
     assert _os_threads() > before  # the server's decoding loop, HTTP listener and workers
+    runner.close()  # right after the load: the decoding loop has started, so it stops
+    assert _os_threads() <= before
+    runner, _ = _loaded(_request(llama_tiny, gguf_cache))
     runner.tokens(_prompts(1), 4)
     with pytest.raises(NotImplementedError, match="no torch module"):
         runner.backend.module()
@@ -240,3 +243,46 @@ def test_a_real_gguf_model_loads_and_generates_exactly_new_tokens(smollm2, tmp_p
                              ids)
     assert result.outcome == "ok" and result.trials[0].new_tokens == 16
     runner.close()
+
+
+INNER = """
+import pytest
+
+
+@pytest.mark.llmperf(model="synthetic:llama-tiny", dtype="float32", backend="llama-cpp", batch_sizes=[1, 3],
+                     new_tokens=8, prompt_tokens=8, trials=2, warmups=1)
+def test_llama_cpp(llm):
+    assert llm.correctness.outcome == "match"
+    assert [r.outcome for r in llm.sweep()] == ["ok", "ok"]
+"""
+
+
+def _rows(path, sql):
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()
+
+
+def test_a_marked_test_records_a_llama_cpp_run(pytester, synthetic_cache, tmp_path):
+    import json
+
+    pytester.makepyfile(test_engine=INNER)
+    db = tmp_path / "history.db"
+    result = pytester.runpytest_subprocess(
+        "--llmperf", f"--llmperf-model-cache={synthetic_cache}", f"--llmperf-db={db}", "--llmperf-cpu-slots=2",
+        f"--llmperf-pool-dir={tmp_path / 'pool'}", "--llmperf-device=cpu", "-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=1)
+    (test,) = _rows(db, "SELECT * FROM tests")
+    assert (test["backend"], test["variant"], test["outcome"]) == ("llama-cpp", "auto", "passed")
+    assert test["correctness_outcome"] == "match" and json.loads(test["correctness"])["new_tokens"] == 32
+    measurements = _rows(db, f"SELECT * FROM measurements WHERE test_row_id = {test['id']}")
+    (load,) = [m for m in measurements if m["kind"] == "load"]
+    assert [name for name, _ in json.loads(load["phases"])][-2:] == ["load", "ready"]
+    assert sorted(m["batch_size"] for m in measurements if m["kind"] == "generate") == [1, 3]
+    metrics = {r["metric"] for r in _rows(db, "SELECT metric FROM results WHERE backend = 'llama-cpp'")}
+    assert {"ttft_ms", "tpot_ms", "tokens_per_s", "load_s"} <= metrics
