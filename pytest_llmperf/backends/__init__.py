@@ -44,6 +44,10 @@ REGISTRY: dict[str, BackendEntry] = {
         variants=("default", "cpu-offload"), launch="ranks", independent_streams=True,
     ),
     "hf-tp": BackendEntry("pytest_llmperf.backends.hf_tp:HfTpBackend", launch="ranks"),
+    "llama-cpp": BackendEntry(
+        "pytest_llmperf.backends.llama_cpp:LlamaCppBackend", variants=("auto", "f32", "f16", "q8_0", "q4_0"),
+        max_world_size=1,
+    ),
     # vLLM's engine in a process of its own, under vLLM's own Python; tensor parallel over the leased GPUs
     "vllm": BackendEntry("pytest_llmperf.backends.vllm:VllmBackend"),
 }

@@ -27,7 +27,7 @@ def test_defaults():
     settings = _settings()
     assert settings.db_path == Path("/project/.llmperf/history.db")
     assert settings.models == ("synthetic:bloom-tiny", "synthetic:llama-tiny")
-    assert settings.backends == ("hf", "accelerate", "ds-inference", "ds-zero", "hf-tp", "vllm")
+    assert settings.backends == ("hf", "accelerate", "ds-inference", "ds-zero", "hf-tp", "llama-cpp", "vllm")
     assert settings.world_sizes is None and settings.max_batch == 0
     assert Knobs(trials=5, warmups=1, batch_sizes=(1, 8, 32), prompt_tokens=32, new_tokens=100, prompts="random",
                                   dtype="auto", device="auto", seed=0) == DEFAULT_KNOBS
