@@ -2,7 +2,8 @@
 
 One model, loaded under one backend on the devices the test leased when the fixture is set up, then
 driven by the test: ``llm.generate(batch_size=8)`` or ``llm.sweep()``; every result is kept for the
-budgets and the history. Backends other than ``hf`` first prove they generate ``hf``'s tokens.
+budgets and the history. Backends other than ``hf`` first prove they generate ``hf``'s tokens; a backend
+whose ``reproduces_reference(request)`` says False (a quantized variant) has its fidelity to them measured.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest
 from pytest_llmperf.case import BenchCase
 from pytest_llmperf.correctness import CHECK_BATCH_SIZE, CHECK_NEW_TOKENS, compare_tokens, reference_tokens
 from pytest_llmperf.devices import cpu_threads, device_bandwidth, device_kind, device_memory_bytes
+from pytest_llmperf.fidelity import POSITIONS, measure_fidelity
 from pytest_llmperf.launch.distributed import GroupSpec
 from pytest_llmperf.launch.group_launcher import GroupLauncher
 from pytest_llmperf.launch.inline import InlineLauncher
@@ -34,6 +36,7 @@ from pytest_llmperf.results import (
     RANDOM_PROMPTS,
     BenchRecord,
     CorrectnessCheck,
+    FidelityCheck,
     GenerateConfig,
     GenerateResult,
     LoadResult,
@@ -64,7 +67,7 @@ class MemoryLimitUnsupported(Exception):
 class Bench:
     def __init__(self, *, test_id: str, case: BenchCase, settings: Settings, model: ResolvedModel,
                  device: str, launcher: Launcher, load: LoadResult, progress: Progress, scratch_dir: Path,
-                 reference: Any = None):
+                 reference: Any = None, reproduces_reference: bool = True):
         self.test_id = test_id
         self.case = case
         self.model = model
@@ -73,6 +76,9 @@ class Bench:
         self.launcher = launcher
         #: greedy tokens compared with hf's (None for hf itself, or when hf cannot run the model here)
         self.correctness: CorrectnessCheck | None = None
+        #: agreement with hf instead, where the backend changes the arithmetic on purpose (quantization)
+        self.fidelity: FidelityCheck | None = None
+        self.reproduces_reference = reproduces_reference
         self.max_batch: int | None = None
         self.first_generate_s: float | None = None
         self._reference = reference
@@ -123,8 +129,10 @@ class Bench:
         if prepare is not None:
             progress.update(f"{case.backend}: preparing this machine")
             prepare(request)
+        reproduces = getattr(implementation, "reproduces_reference", None)
+        exact = reproduces is None or reproduces(request)
         reference = None
-        if case.backend != "hf":
+        if case.backend != "hf" or not exact:  # hf's default variant is the reference itself
             progress.update(f"{spec.model_id}: reference tokens (hf)")
             reference = _reference(model, device, knobs, settings)
         labels = ", ".join(d.label for d in lease.devices)
@@ -138,9 +146,13 @@ class Bench:
                 recorded = {d.name: d.label for d in lease.devices}
                 load = replace(load, devices=tuple(recorded.get(d, d) for d in load.devices))
             bench = cls(test_id=test_id, case=case, settings=settings, model=model, device=device,
-                        launcher=launcher, load=load, progress=progress, scratch_dir=scratch, reference=reference)
-            if reference is not None:
+                        launcher=launcher, load=load, progress=progress, scratch_dir=scratch, reference=reference,
+                        reproduces_reference=exact)
+            if reference is not None and exact:
                 bench.check_correctness()
+            elif reference is not None:
+                progress.update(f"{spec.model_id}: fidelity to hf")
+                bench.check_fidelity()
             if knobs.memory_headroom is not None:
                 launcher.limit_memory(knobs.memory_headroom)
         except BaseException:
@@ -162,6 +174,15 @@ class Bench:
             exact=self.model.dtype == "float32" and device_kind(self.device) == "cpu",
         )
         return self.correctness
+
+    def check_fidelity(self) -> FidelityCheck:
+        """For a backend that changes the arithmetic on purpose: its agreement with hf's tokens, measured
+        (teacher-forced top-1 agreement and the first divergence of free generation; see ``fidelity``)."""
+        assert self._reference is not None, "hf is the reference; it is not checked against itself"
+        input_ids, tokens = self._reference
+        positions = min(POSITIONS, tokens.shape[1] - input_ids.shape[1])
+        self.fidelity = measure_fidelity(self.launcher, input_ids, tokens, positions=positions)
+        return self.fidelity
 
     @property
     def knobs(self) -> Knobs:
@@ -295,6 +316,7 @@ class Bench:
             first_generate_s=self.first_generate_s,
             generates=tuple(self.results),
             correctness=self.correctness,
+            fidelity=self.fidelity,
             max_batch=self.max_batch,
             gate=self.case.gate,
         )

@@ -232,6 +232,39 @@ class CorrectnessCheck:
 
 
 @dataclass(frozen=True)
+class FidelityCheck:
+    """How closely a backend that changes the arithmetic on purpose (quantization) follows the reference:
+    measured, not required (a ``token_agreement`` budget sets what is enough)."""
+
+    reference: str
+    #: rows of the reference's prompts
+    batch_size: int
+    #: teacher-forced positions per row: fed the prompt and the reference's first k new tokens, k < positions
+    positions: int
+    #: teacher-forced predictions compared, over every row and every rank that answered
+    compared_tokens: int
+    agreed_tokens: int
+    #: new tokens of free greedy generation compared per row
+    new_tokens: int
+    #: per rank and row (rank-major): new tokens before the first that differs (``new_tokens`` when none does)
+    first_divergence: tuple[int, ...]
+    distinct_reference_tokens: int
+    detail: str
+
+    @property
+    def token_agreement(self) -> float:
+        return self.agreed_tokens / self.compared_tokens if self.compared_tokens else 0.0
+
+    @property
+    def first_divergence_tokens(self) -> int:
+        return min(self.first_divergence, default=self.new_tokens)
+
+    def metric_values(self) -> dict[str, float]:
+        return {"token_agreement": self.token_agreement,
+                "first_divergence_tokens": float(self.first_divergence_tokens)}
+
+
+@dataclass(frozen=True)
 class BenchRecord:
     """Everything one performance test measured: the unit the store writes in one transaction."""
 
@@ -246,6 +279,8 @@ class BenchRecord:
     generates: tuple[GenerateResult, ...] = ()
     budget_checks: tuple[BudgetCheck, ...] = field(default=())
     correctness: CorrectnessCheck | None = None
+    #: agreement with the reference, for backends that do not reproduce it (quantized variants)
+    fidelity: FidelityCheck | None = None
     #: the largest batch that fitted, when searched (``--llmperf-max-batch``)
     max_batch: int | None = None
     #: the test's regression-gate settings
@@ -257,6 +292,8 @@ class BenchRecord:
             values["first_generate_s"] = self.first_generate_s
         if self.max_batch is not None:
             values["max_batch"] = float(self.max_batch)
+        if self.fidelity is not None:
+            values.update(self.fidelity.metric_values())
         return values
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,6 +323,7 @@ class BenchRecord:
             generates=tuple(_generate_from_dict(g) for g in d.get("generates", ())),
             budget_checks=tuple(BudgetCheck(**b) for b in d.get("budget_checks", ())),
             correctness=_correctness_from_dict(d.get("correctness")),
+            fidelity=_fidelity_from_dict(d.get("fidelity")),
             max_batch=d.get("max_batch"),
             gate=GateSpec.from_dict(d["gate"]) if d.get("gate") else GateSpec(),
         )
@@ -296,6 +334,12 @@ def _correctness_from_dict(c: dict[str, Any] | None) -> CorrectnessCheck | None:
         return None
     mismatch = c.get("first_mismatch")
     return CorrectnessCheck(**{**c, "first_mismatch": None if mismatch is None else tuple(mismatch)})
+
+
+def _fidelity_from_dict(f: dict[str, Any] | None) -> FidelityCheck | None:
+    if f is None:
+        return None
+    return FidelityCheck(**{**f, "first_divergence": tuple(int(n) for n in f["first_divergence"])})
 
 
 def _generate_from_dict(g: dict[str, Any]) -> GenerateResult:

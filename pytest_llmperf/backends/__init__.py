@@ -30,14 +30,18 @@ class BackendEntry:
 
 
 REGISTRY: dict[str, BackendEntry] = {
-    "hf": BackendEntry("pytest_llmperf.backends.hf:HfBackend", max_world_size=1),
+    # the quantized variants are hf_quantized.VARIANTS (not imported here: that would import transformers)
+    "hf": BackendEntry(
+        "pytest_llmperf.backends.hf:HfBackend",
+        variants=("default", "bnb-int8", "bnb-nf4", "torchao-int8", "quanto-int8"), max_world_size=1,
+    ),
     "accelerate": BackendEntry(
         "pytest_llmperf.backends.accelerate:AccelerateBackend",
         variants=("auto", "balanced", "balanced_low_0", "sequential", "cpu-offload", "disk-offload"),
     ),
     "ds-inference": BackendEntry(
         "pytest_llmperf.backends.ds_inference:DsInferenceBackend",
-        variants=("autotp", "kernel-inject"), launch="ranks",
+        variants=("autotp", "kernel-inject", "int8"), launch="ranks",
     ),
     "ds-zero": BackendEntry(
         "pytest_llmperf.backends.ds_zero:DsZeroBackend",

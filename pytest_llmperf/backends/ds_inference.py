@@ -3,7 +3,9 @@
 Variant "autotp" shards the transformers model with DeepSpeed's automatic tensor parallelism and
 runs it as it is. Variant "kernel-inject" replaces its blocks with DeepSpeed's fused CUDA kernels
 (``replace_with_kernel_inject=True``); where DeepSpeed refuses (no CUDA, an architecture or a
-transformers version it does not support) the test is skipped with DeepSpeed's own reason.
+transformers version it does not support) the test is skipped with DeepSpeed's own reason. Variant
+"int8" is kernel injection with ``dtype=torch.int8``: DeepSpeed's int8 inference kernels (the BLOOM
+study's int8 tables), CUDA only; it does not reproduce hf's tokens, so its fidelity is measured.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest, PhaseS
 from pytest_llmperf.backends.checkpoint import copy_into_memory, from_pretrained
 from pytest_llmperf.backends.deepspeed_ops import load_cpu_comm_op, prepare_host
 from pytest_llmperf.backends.one_model import OneModelBackend
+from pytest_llmperf.backends.stored_bytes import stored_weights_bytes
 from pytest_llmperf.models.dtypes import torch_dtype
+
+#: variants that replace the model's blocks with DeepSpeed's CUDA kernels
+_KERNEL_VARIANTS = ("kernel-inject", "int8")
 
 
 class DsInferenceBackend(OneModelBackend):
@@ -27,11 +33,16 @@ class DsInferenceBackend(OneModelBackend):
     prepare_host = staticmethod(prepare_host)
 
     @staticmethod
+    def reproduces_reference(request: LoadRequest) -> bool:
+        """int8 weights change the arithmetic on purpose: the bench measures fidelity instead of exact tokens."""
+        return request.variant != "int8"
+
+    @staticmethod
     def unavailable_reason(request: LoadRequest, config: Any) -> str | None:
         """Why this cannot run, known before any rank starts (else None)."""
-        if request.variant == "kernel-inject" and not request.device.startswith("cuda"):
+        if request.variant in _KERNEL_VARIANTS and not request.device.startswith("cuda"):
             # DeepSpeed's inference kernels exist for CUDA only ("not implemented on CPU backend")
-            return "ds-inference kernel-inject needs CUDA: DeepSpeed has no CPU inference kernels"
+            return f"ds-inference {request.variant} needs CUDA: DeepSpeed has no CPU inference kernels"
         if request.variant == "autotp" and request.world_size > 1 and getattr(config, "model_type", None) == "bloom":
             import transformers
 
@@ -44,7 +55,7 @@ class DsInferenceBackend(OneModelBackend):
         return None
 
     def load(self, request: LoadRequest, span: PhaseSpan) -> None:
-        kernel_inject = request.variant == "kernel-inject"
+        kernel_inject = request.variant in _KERNEL_VARIANTS
         self._use_device(request.device)
         if request.device == "cpu":
             with span("comm-op"):  # built by prepare_host: found, loaded, or a stale build baton cleared
@@ -61,7 +72,7 @@ class DsInferenceBackend(OneModelBackend):
                 self._model = deepspeed.init_inference(
                     model,
                     tensor_parallel={"tp_size": request.world_size},
-                    dtype=torch_dtype(request.dtype),
+                    dtype=torch.int8 if request.variant == "int8" else torch_dtype(request.dtype),
                     replace_with_kernel_inject=kernel_inject,
                 )
             except (RuntimeError, NotImplementedError, ValueError) as e:
@@ -72,3 +83,7 @@ class DsInferenceBackend(OneModelBackend):
 
     def module(self) -> torch.nn.Module:
         return self._loaded().module
+
+    def weights_bytes(self) -> int:
+        """As stored: int8 data (and the scales DeepSpeed keeps as parameters) for the int8 variant."""
+        return stored_weights_bytes(self.module())

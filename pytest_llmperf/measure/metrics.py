@@ -61,6 +61,13 @@ _ALL = (
            "peak memory while loading (CUDA max allocated; host peak RSS on CPU)", Sampling.FIXED),
     Metric("max_batch", "sequences", Better.HIGHER, Scope.LOAD,
            "largest batch per stream whose generate fits in memory (--llmperf-max-batch search)", Sampling.FIXED),
+    Metric("token_agreement", "ratio", Better.HIGHER, Scope.LOAD,
+           "quantized variants: top-1 agreement with hf's full-precision greedy tokens under teacher forcing "
+           "(fed the reference's prompt and first k new tokens, the next token is compared), over fixed positions",
+           Sampling.FIXED),
+    Metric("first_divergence_tokens", "tokens", Better.HIGHER, Scope.LOAD,
+           "quantized variants: new tokens of free greedy generation before the first that differs from hf's "
+           "full-precision tokens (earliest row; the number compared when none differs)", Sampling.FIXED),
     Metric("ttft_ms", "ms", Better.LOWER, Scope.GENERATE,
            "time to first token: from the generate call to the first new token of every row being ready",
            Sampling.TRIALS),

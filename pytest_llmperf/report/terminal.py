@@ -52,6 +52,13 @@ def _header(record: BenchRecord) -> str:
         parts.append(f"{streams} streams (one per rank): tokens/s counts them all")
     if record.correctness is not None:
         parts.append(f"tokens vs {record.correctness.reference}: {record.correctness.outcome}")
+    if record.fidelity is not None:
+        f = record.fidelity
+        diverged = ("none" if f.first_divergence_tokens == f.new_tokens
+                    else f"at new token {f.first_divergence_tokens}")
+        parts.append(f"fidelity vs {f.reference}: token agreement {format_value('token_agreement', f.token_agreement)} "
+                     f"({f.agreed_tokens}/{f.compared_tokens} teacher-forced), free-run divergence {diverged} "
+                     f"of {f.new_tokens}")
     if record.max_batch is not None:
         parts.append(f"max batch {record.max_batch}")
     return " · ".join(parts)
