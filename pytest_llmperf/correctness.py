@@ -13,6 +13,8 @@ reference tokens is measured instead (``fidelity``), and budgets say what is eno
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,14 +32,49 @@ CHECK_BATCH_SIZE = 2
 #: fewer distinct reference tokens than this and a comparison proves little
 MIN_DISTINCT_TOKENS = 8
 HALF_PRECISION_PREFIX = 8
+#: a near-tie: the other engine chose the reference's runner-up, which the reference ranked below its own choice
+#: by at most this fraction of its top logit. Float32 kernels that sum in another order differ by about 1e-6
+#: relative per operation, and the difference grows over layers and decode steps: measured partings of
+#: llama.cpp from transformers on the same float32 weights were 1e-5 to 1.1e-3 relative, at tokens 12 to 24,
+#: always to hf's runner-up; a wrong weight or kernel departs at once, by margins near 1.
+NEAR_TIE_MARGIN = 2e-3
+
+
+@dataclass(frozen=True)
+class Parting:
+    """Where one row of one rank first departs from the reference, and the token it chose there."""
+
+    rank: int
+    row: int
+    position: int
+    token: int
+
+
+def partings(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_tokens: int) -> list[Parting]:
+    """The first difference of every row that differs from the reference."""
+    ref_new = reference[:, prompt_tokens:]
+    found = []
+    for rank, output in enumerate(outputs):
+        new = output[:, prompt_tokens:]
+        for row in range(ref_new.shape[0]):
+            differs = np.flatnonzero(new[row] != ref_new[row])
+            if differs.size:
+                position = int(differs[0])
+                found.append(Parting(rank, row, position, int(new[row, position])))
+    return found
 
 
 def compare_tokens(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_tokens: int, exact: bool,
-                   reference_name: str = "hf") -> CorrectnessCheck:
-    """Compare every rank's output (prompt + new tokens per row) with the reference's."""
+                   reference_name: str = "hf", near_ties: dict[Parting, float] | None = None) -> CorrectnessCheck:
+    """Compare every rank's output (prompt + new tokens per row) with the reference's.
+
+    ``near_ties``: partings where the reference itself nearly chose this backend's token (its logit margin,
+    at most ``NEAR_TIE_MARGIN``): another summation order may flip such a choice, so from there the row may part.
+    """
     ref_new = reference[:, prompt_tokens:]
     rows, new_tokens = ref_new.shape
     must_match = new_tokens if exact else min(HALF_PRECISION_PREFIX, new_tokens)
+    tied = {(p.rank, p.row): margin for p, margin in (near_ties or {}).items() if margin <= NEAR_TIE_MARGIN}
     compared = matched = 0
     first: tuple[int, int, int] | None = None
     # where a difference is allowed (after the prefix), the one to report is the first that is not
@@ -55,7 +92,8 @@ def compare_tokens(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_t
                 where = (rank, row, int(differs[0]))
                 if first is None or where < first:
                     first = where
-                if where[2] < must_match and (first_failing is None or where < first_failing):
+                if (where[2] < must_match and (rank, row) not in tied
+                        and (first_failing is None or where < first_failing)):
                     first_failing = where
     failed = first_failing is not None
     if failed:
@@ -69,6 +107,10 @@ def compare_tokens(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_t
                   f"rank {rank}, row {row}, new token {position}: {int(outputs[rank][row, prompt_tokens + position])} "
                   f"instead of {int(ref_new[row, position])}"
                   + ("" if exact else f" (in this precision the first {must_match} tokens of each row must match)"))
+    if tied and not failed:
+        detail += "; " + ", ".join(
+            f"rank {rank} row {row} parted at a near-tie (to hf's runner-up, {margin:.1e} of its top logit below)"
+            for (rank, row), margin in sorted(tied.items()))
     if distinct < MIN_DISTINCT_TOKENS:
         detail += f"; note: the reference has only {distinct} distinct new tokens, so this check proves little"
     return CorrectnessCheck(
@@ -76,6 +118,29 @@ def compare_tokens(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_t
         matched_tokens=matched, distinct_reference_tokens=distinct, first_mismatch=first, exact=exact,
         outcome="mismatch" if failed else "match", detail=detail,
     )
+
+
+def reference_margins(model: ResolvedModel, reference: np.ndarray, found: list[Parting], *,
+                      prompt_tokens: int) -> dict[Parting, float]:
+    """For each parting, how much higher hf's logit for its own token was than for the backend's token, as a
+    fraction of that top logit, at that position of the reference sequence (one teacher-forced forward of hf on
+    the CPU, in the model's dtype); infinite where the backend's token was not hf's runner-up."""
+    import torch
+
+    from pytest_llmperf.backends.checkpoint import from_pretrained
+
+    hf = from_pretrained(model.path, model.dtype)
+    hf.eval()
+    margins: dict[Parting, float] = {}
+    with torch.inference_mode():
+        logits = hf(input_ids=torch.as_tensor(reference, dtype=torch.long)).logits.float()
+    for p in found:
+        at = logits[p.row, prompt_tokens + p.position - 1]  # the logits that chose new token ``position``
+        chosen = int(reference[p.row, prompt_tokens + p.position])
+        runner_up = int(torch.topk(at, 2).indices[1])
+        top = float(at[chosen])
+        margins[p] = (top - float(at[p.token])) / max(1.0, abs(top)) if p.token == runner_up else math.inf
+    return margins
 
 
 def _reference_key(model: ResolvedModel, device_kind: str, input_ids: np.ndarray, new_tokens: int) -> str:

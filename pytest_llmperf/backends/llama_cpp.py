@@ -95,6 +95,10 @@ class LlamaCppBackend:
         threads = request.threads or os.cpu_count() or 1
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
+        if _variant(request) == "f32" or (_variant(request) == "auto" and request.gguf_file is None):
+            # float32 throughout, as transformers computes in float32: llama.cpp's KV cache is float16 unless told
+            params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
+            params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
         params.sampling.temp = 0.0
         params.sampling.top_k = 1
         params.verbosity = -1
