@@ -135,7 +135,8 @@ def test_a_row_that_parts_at_a_near_tie_of_the_reference_matches_and_says_so():
     (parting,) = partings(ref, [out], prompt_tokens=PROMPT)
     assert (parting.rank, parting.row, parting.position, parting.token) == (0, 1, 4, 999)
     tied = compare_tokens(ref, [out], prompt_tokens=PROMPT, exact=True, near_ties={parting: NEAR_TIE_MARGIN / 2})
-    assert tied.outcome == "match" and "rank 0 row 1 parted at a near-tie (to hf's runner-up, 1.0e-03 of its top logit below)" in tied.detail
+    assert tied.outcome == "match"
+    assert "rank 0 row 1 parted at a near-tie (to hf's runner-up, 1.0e-03 of its top logit below)" in tied.detail
     clear = compare_tokens(ref, [out], prompt_tokens=PROMPT, exact=True, near_ties={parting: 0.3})
     assert clear.outcome == "mismatch" and clear.first_mismatch == (0, 1, 4)
 
@@ -145,6 +146,6 @@ def test_a_near_tie_excuses_only_its_own_row():
 
     ref = _reference()
     out = _changed(_changed(ref, row=0, position=2), row=1, position=5)
-    first, second = partings(ref, [out], prompt_tokens=PROMPT)
+    _, second = partings(ref, [out], prompt_tokens=PROMPT)
     check = compare_tokens(ref, [out], prompt_tokens=PROMPT, exact=True, near_ties={second: NEAR_TIE_MARGIN / 10})
     assert check.outcome == "mismatch" and check.first_mismatch == (0, 0, 2)
