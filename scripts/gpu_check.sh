@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The BLOOM-study suite on one CUDA GPU: a 1.1 B-parameter synthetic Llama in bfloat16 under every
 # backend and variant one GPU allows (hf, accelerate, ds-inference tp 1 with and without kernel
-# injection, ds-zero with 1 rank, hf-tp with 1 rank), then a table of what was measured.
+# injection, ds-zero with 1 rank, hf-tp with 1 rank), then the engines suite on the GPU: vLLM (tensor
+# parallel over the leased GPUs), llama.cpp with its layers on the GPU, bitsandbytes int8/NF4 and
+# DeepSpeed-Inference int8 kernels; an engine whose package is not installed here (vllm, a CUDA build
+# of xllamacpp, bitsandbytes) is skipped with the reason. Then a table of what was measured.
 #
 #   scripts/gpu_check.sh [extra pytest arguments]
 #
@@ -53,8 +56,16 @@ set +e
     --llmperf-warmups=1 --llmperf-rank-timeout=240 \
     -k "not disk-offload and not cpu-offload" "$@"
 status=$?
-set -e
 echo "gpu_check: suite finished in $(( $(date +%s) - start )) s with exit status $status"
+start=$(date +%s)
+"$PY" -m pytest "${plugin[@]}" --llmperf suites/test_engines.py -q -rs -p no:cacheprovider \
+    --llmperf-db="$db" --llmperf-device=cuda --llmperf-rank-timeout=240 "$@"
+engines=$?
+set -e
+echo "gpu_check: engines finished in $(( $(date +%s) - start )) s with exit status $engines"
+[ "$status" -ne 0 ] || status=$engines
 "$PY" -m pytest_llmperf.cli history --db "$db" --last 200 --metric tokens_per_s
 "$PY" -m pytest_llmperf.cli history --db "$db" --last 200 --metric load_s
+"$PY" -m pytest_llmperf.cli history --db "$db" --last 200 --metric ttft_ms
+"$PY" -m pytest_llmperf.cli history --db "$db" --last 200 --metric token_agreement
 exit $status

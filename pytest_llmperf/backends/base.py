@@ -57,9 +57,11 @@ class BackendUnavailable(Exception):
 
 class Backend(Protocol):
     """A backend may also define, as static methods run in the test process before any rank is started:
-    ``unavailable_reason(request, config) -> str | None``, a reason it cannot run; and
+    ``unavailable_reason(request, config) -> str | None``, a reason it cannot run;
     ``prepare_host(request) -> None``, one-off work on this machine that is not part of loading a model
-    (compiling an op), which may raise BackendUnavailable."""
+    (compiling an op), which may raise BackendUnavailable; and ``reproduces_reference(request) -> bool``,
+    False where the variant changes the arithmetic on purpose (quantization), so that its fidelity to hf is
+    measured instead of requiring hf's tokens (absent: True)."""
 
     id: ClassVar[str]
 
