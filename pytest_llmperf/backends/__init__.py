@@ -53,7 +53,7 @@ REGISTRY: dict[str, BackendEntry] = {
         max_world_size=1,
     ),
     # vLLM's engine in a process of its own, under vLLM's own Python; tensor parallel over the leased GPUs
-    "vllm": BackendEntry("pytest_llmperf.backends.vllm:VllmBackend"),
+    "vllm": BackendEntry("pytest_llmperf.backends.vllm:VllmBackend", variants=("compiled", "eager")),
 }
 BACKEND_IDS: tuple[str, ...] = tuple(REGISTRY)
 

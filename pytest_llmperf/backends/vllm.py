@@ -36,8 +36,6 @@ CPU_MIN_HEAD_DIM = 32
 #: GiB of KV cache vLLM reserves on the CPU unless ``VLLM_CPU_KVCACHE_SPACE`` says otherwise
 CPU_KV_CACHE_GIB = 1
 SEED = 0
-#: compiled graphs (and CUDA graphs on a GPU), as vLLM is deployed; the compile is a load phase
-ENFORCE_EAGER = False
 #: written into a compile-cache directory once a load through it has finished
 CACHE_DONE = ".loaded"
 
@@ -150,7 +148,9 @@ class VllmBackend:
         cache = compile_cache_dir(request, python, scratch)
         spec = EngineSpec(
             checkpoint=str(request.checkpoint), dtype=request.dtype, device_kind=kind,
-            tensor_parallel_size=request.world_size, seed=SEED, enforce_eager=ENFORCE_EAGER,
+            # variant "compiled": graphs compiled (CUDA graphs captured on a GPU), as vLLM is deployed, the compile
+            # a load phase; "eager": enforce_eager, no compile phase (a quicker start, slower steps)
+            tensor_parallel_size=request.world_size, seed=SEED, enforce_eager=request.variant == "eager",
             compile_cache_warm=(cache / CACHE_DONE).exists(),
         )
         phases = _Phases(span)
