@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.history.store import HistoryStore
@@ -15,3 +17,13 @@ def rows(s: HistoryStore, sql: str, params: Any = ()) -> list[dict[str, Any]]:
 
 def count(s: HistoryStore, table: str, where: str = "1", params: Any = ()) -> int:
     return s.db.execute(f"SELECT count(*) FROM {table} WHERE {where}", list(params)).fetchone()[0]
+
+
+def file_rows(path: str | Path, sql: str) -> list[dict[str, Any]]:
+    """Rows of a query on a history file, read with plain sqlite3 (as any other reader of the file would)."""
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()

@@ -17,6 +17,7 @@ from pytest_llmperf.models.spec import parse_model_spec
 from pytest_llmperf.models.synthetic import ensure_synthetic
 from pytest_llmperf.prompts import prompt_token_ids
 from pytest_llmperf.results import GenerateConfig
+from tests.history_rows import file_rows
 
 pytest.importorskip("xllamacpp")
 from pytest_llmperf.backends.llama_cpp import GgufFileError, LlamaCppBackend
@@ -257,16 +258,6 @@ def test_llama_cpp(llm):
 """
 
 
-def _rows(path, sql):
-    import sqlite3
-
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql).fetchall()]
-    finally:
-        conn.close()
-
 
 def test_a_marked_test_records_a_llama_cpp_run(pytester, synthetic_cache, tmp_path):
     import json
@@ -277,12 +268,12 @@ def test_a_marked_test_records_a_llama_cpp_run(pytester, synthetic_cache, tmp_pa
         "--llmperf", f"--llmperf-model-cache={synthetic_cache}", f"--llmperf-db={db}", "--llmperf-cpu-slots=2",
         f"--llmperf-pool-dir={tmp_path / 'pool'}", "--llmperf-device=cpu", "-p", "no:cacheprovider", "-rA")
     result.assert_outcomes(passed=1)
-    (test,) = _rows(db, "SELECT * FROM tests")
+    (test,) = file_rows(db, "SELECT * FROM tests")
     assert (test["backend"], test["variant"], test["outcome"]) == ("llama-cpp", "auto", "passed")
     assert test["correctness_outcome"] == "match" and json.loads(test["correctness"])["new_tokens"] == 32
-    measurements = _rows(db, f"SELECT * FROM measurements WHERE test_row_id = {test['id']}")
+    measurements = file_rows(db, f"SELECT * FROM measurements WHERE test_row_id = {test['id']}")
     (load,) = [m for m in measurements if m["kind"] == "load"]
     assert [name for name, _ in json.loads(load["phases"])][-2:] == ["load", "ready"]
     assert sorted(m["batch_size"] for m in measurements if m["kind"] == "generate") == [1, 3]
-    metrics = {r["metric"] for r in _rows(db, "SELECT metric FROM results WHERE backend = 'llama-cpp'")}
+    metrics = {r["metric"] for r in file_rows(db, "SELECT metric FROM results WHERE backend = 'llama-cpp'")}
     assert {"ttft_ms", "tpot_ms", "tokens_per_s", "load_s"} <= metrics

@@ -1,8 +1,8 @@
 """Every parallel backend through pytest and the plugin, on CPU: same tokens as hf, results in the history."""
 
 import json
-import sqlite3
 
+from tests.history_rows import file_rows
 from tests.launch.weight_fault import command_env
 
 INNER = """
@@ -31,14 +31,6 @@ def test_perturbed(llm):
 """
 
 
-def _rows(path, sql):
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql).fetchall()]
-    finally:
-        conn.close()
-
 
 def test_parallel_backends_match_hf_and_land_in_the_history(pytester, model_cache, tmp_path, monkeypatch):
     pytester.makepyfile(test_parallel=INNER)
@@ -54,7 +46,7 @@ def test_parallel_backends_match_hf_and_land_in_the_history(pytester, model_cach
         "*llmperf correctness: hf-tp does not generate what hf does: * new tokens differ from hf; the first at rank *",
     ])
 
-    tests = {r["test_id"].split("::")[-1]: r for r in _rows(db, "SELECT * FROM tests")}
+    tests = {r["test_id"].split("::")[-1]: r for r in file_rows(db, "SELECT * FROM tests")}
     assert set(tests) == {"test_ranks[llama-tiny-ds-inference-ws2]", "test_ranks[llama-tiny-ds-zero-ws2]",
                           "test_ranks[llama-tiny-hf-tp-ws2]", "test_offload[llama-tiny-accelerate-disk-offload]",
                           "test_perturbed[llama-tiny-hf-tp-ws2]"}
@@ -67,18 +59,18 @@ def test_parallel_backends_match_hf_and_land_in_the_history(pytester, model_cach
     assert tests["test_offload[llama-tiny-accelerate-disk-offload]"]["world_size"] == 1
     assert {r["world_size"] for n, r in tests.items() if "ws2" in n} == {2}
 
-    loads = {r["test_id"].split("::")[-1]: r for r in _rows(
+    loads = {r["test_id"].split("::")[-1]: r for r in file_rows(
         db, "SELECT t.test_id, m.devices, m.device_map FROM measurements m JOIN tests t ON t.id = m.test_row_id "
             "WHERE m.kind = 'load'")}
     assert json.loads(loads["test_ranks[llama-tiny-ds-inference-ws2]"]["devices"]) == ["cpu#0", "cpu#1"]
     offload = loads["test_offload[llama-tiny-accelerate-disk-offload]"]
     assert "disk" in json.loads(offload["devices"]) and "disk" in json.loads(offload["device_map"]).values()
 
-    streams = {(r["backend"], r["streams"]) for r in _rows(
+    streams = {(r["backend"], r["streams"]) for r in file_rows(
         db, "SELECT t.backend, m.streams FROM measurements m JOIN tests t ON t.id = m.test_row_id "
             "WHERE m.kind = 'generate'")}
     assert streams == {("ds-inference", 1), ("ds-zero", 2), ("hf-tp", 1), ("accelerate", 1)}
-    throughput = _rows(db, "SELECT backend, batch_size, value FROM results WHERE metric = 'tokens_per_s'")
+    throughput = file_rows(db, "SELECT backend, batch_size, value FROM results WHERE metric = 'tokens_per_s'")
     assert {(r["backend"], r["batch_size"]) for r in throughput} >= {
         ("ds-inference", 1), ("ds-inference", 2), ("ds-zero", 2), ("hf-tp", 2), ("accelerate", 2)}
     assert all(r["value"] > 0 for r in throughput)
