@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bare_generate import bare_generate
 from scipy.stats import bootstrap
 from transformers import AutoModelForCausalLM
 
@@ -29,19 +30,7 @@ from pytest_llmperf.settings import Settings
 
 
 def bare_tokens_per_s(model, batch_size: int, prompt_tokens: int, new_tokens: int, device: str) -> float:
-    ids = torch.randint(4, model.config.vocab_size, (batch_size, prompt_tokens), device=device)
-    mask = torch.ones_like(ids)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, pad_token_id=model.config.pad_token_id)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    assert out.shape[1] == prompt_tokens + new_tokens
-    return batch_size * new_tokens / elapsed
+    return batch_size * new_tokens / bare_generate(model, batch_size, prompt_tokens, new_tokens, device).e2e_s
 
 
 def median_ci(values: np.ndarray) -> tuple[float, float, float]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest, PhaseSpan
+from pytest_llmperf.backends.engine_timing import EngineTiming, from_llama_cpp
 from pytest_llmperf.backends.llama_cpp_stream import EngineError, RowStreams, raise_on_error
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class LlamaCppBackend:
         self._device = "cpu"
         self._gguf: Path | None = None
         self._weights_bytes: int | None = None
+        self._engine_timing: EngineTiming | None = None
 
     @staticmethod
     def unavailable_reason(request: LoadRequest, config: Any) -> str | None:
@@ -141,6 +143,7 @@ class LlamaCppBackend:
                 f"needs {needed} tokens of KV cache, more than the {KV_CACHE_TOKENS} the server holds "
                 "(pytest_llmperf.backends.llama_cpp.KV_CACHE_TOKENS); use fewer or shorter rows"
             )
+        self._engine_timing = None
         if clock is None:
             new = self._exact_tokens(prompts, new_tokens)
         else:
@@ -159,7 +162,13 @@ class LlamaCppBackend:
         request = {**self._request(prompts, new_tokens), "stream": True, "n_probs": 1, "timings_per_token": True}
         raise_on_error(server.handle_completions(request, streams), "completion")
         streams.check(new_tokens)
+        if len(prompts) == 1:
+            self._engine_timing = from_llama_cpp(streams.timings[0])
         return streams.ids
+
+    def engine_timing(self) -> EngineTiming | None:
+        """llama.cpp's own timings of the last timestamped generate of one row (None otherwise)."""
+        return self._engine_timing
 
     def _exact_tokens(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
         """llama.cpp's native completion endpoint returns every generated id (the OpenAI-style one

@@ -39,10 +39,13 @@ class RowStreams:
     tick: Callable[[int, float], None] | None = None
     ids: list[list[int]] = field(init=False)
     finished: list[bool] = field(init=False)
+    #: each row's latest ``timings`` (llama.cpp's own account; the final chunk's covers the whole request)
+    timings: list[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.ids = [[] for _ in range(self.rows)]
         self.finished = [False] * self.rows
+        self.timings = [{} for _ in range(self.rows)]
 
     def __call__(self, chunk: Any) -> None:
         """The streaming callback: one chunk of llama.cpp's OpenAI-style completion stream."""
@@ -58,6 +61,8 @@ class RowStreams:
             raise EngineError(f"llama.cpp streamed a token for row {row} of a {self.rows}-row request")
         if choice.get("finish_reason") is not None:
             self.finished[row] = True
+        if timings:
+            self.timings[row] = timings
         known = [int(entry["id"]) for entry in (choice.get("logprobs") or {}).get("content") or ()]
         produced = int(timings.get("predicted_n", len(self.ids[row]) + len(known)))
         count = max(produced - len(self.ids[row]), len(known))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest_llmperf
 from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest, PhaseSpan
+from pytest_llmperf.backends.engine_timing import EngineTiming
 from pytest_llmperf.backends.vllm_process import EngineProcess
 from pytest_llmperf.backends.vllm_protocol import EngineSpec, Generate, Generated, Load, Loaded
 from pytest_llmperf.backends.vllm_python import VllmPython, find_vllm_python
@@ -121,6 +122,7 @@ class VllmBackend:
         self._loaded: Loaded | None = None
         self._devices: tuple[str, ...] = ("cpu",)
         self._own_scratch: Path | None = None
+        self._engine_timing: EngineTiming | None = None
 
     @staticmethod
     def unavailable_reason(request: LoadRequest, config: Any) -> str | None:
@@ -184,14 +186,20 @@ class VllmBackend:
         import torch
 
         prompts = tuple(tuple(int(t) for t in row) for row in input_ids.tolist())
+        self._engine_timing = None
         result = self._running().call(Generate(prompts, new_tokens), f"generate {new_tokens} tokens")
         assert isinstance(result, Generated)
+        self._engine_timing = result.engine_timing
         if clock is not None:
             for row, stamps in enumerate(result.stamps):
                 for stamp in stamps:
                     clock.tick(row, at=stamp)
         new = torch.tensor(result.tokens, dtype=input_ids.dtype).reshape(len(prompts), -1)
         return torch.cat([input_ids.cpu(), new], dim=1)
+
+    def engine_timing(self) -> EngineTiming | None:
+        """vLLM's own request stats of the last generate of one row (None otherwise)."""
+        return self._engine_timing
 
     def synchronize(self) -> None:
         """Nothing to wait for: a generate returns once the engine has every token."""

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
+from pytest_llmperf.backends.engine_timing import EngineTiming, from_vllm
 from pytest_llmperf.backends.vllm_protocol import (
     ADDRESS_ENV,
     COMPILE_CACHED_PHASE,
@@ -98,7 +99,8 @@ class Engine:
                 model=spec.checkpoint, tokenizer=spec.checkpoint, dtype=spec.dtype,
                 tensor_parallel_size=spec.tensor_parallel_size, seed=spec.seed, enforce_eager=spec.enforce_eager,
                 # trials repeat their prompts: a prefix-cache hit would skip the prefill and fake the TTFT
-                enable_prefix_caching=False, disable_log_stats=True,
+                # per-request stats on, as `vllm serve` has them: the engine's own TTFT and TPOT (engine_timing)
+                enable_prefix_caching=False, disable_log_stats=False,
             )
         weights = sum(self._llm.apply_model(parameter_bytes))
         return Loaded(weights_bytes=int(weights), vllm_version=vllm.__version__)
@@ -119,6 +121,7 @@ class Engine:
         rows = {f"{self._requests}-{row}": row for row in range(len(request.prompts))}
         tokens: list[list[int]] = [[] for _ in request.prompts]
         stamps: list[list[float]] = [[] for _ in request.prompts]
+        stats: list[Any] = [None] * len(request.prompts)
         for request_id, row in rows.items():
             engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(request.prompts[row])), params)
         while engine.has_unfinished_requests():
@@ -129,10 +132,21 @@ class Engine:
                 new = list(output.outputs[0].token_ids)
                 tokens[row].extend(new)
                 stamps[row].extend([now] * len(new))
+                if output.finished:
+                    stats[row] = output.metrics
         counts = sorted({len(t) for t in tokens})
         if counts != [n]:
             raise RuntimeError(f"vLLM returned {'/'.join(map(str, counts))} new tokens per request, asked for {n}")
-        return Generated(tokens=tuple(map(tuple, tokens)), stamps=tuple(map(tuple, stamps)))
+        timing = engine_timing(stats[0]) if len(stats) == 1 else None
+        return Generated(tokens=tuple(map(tuple, tokens)), stamps=tuple(map(tuple, stamps)), engine_timing=timing)
+
+
+def engine_timing(stats: Any) -> EngineTiming | None:
+    """vLLM's account of a finished request from its ``RequestStateStats`` (None when it kept none)."""
+    if stats is None or not hasattr(stats, "first_token_latency"):
+        return None
+    return from_vllm(first_token_latency_s=stats.first_token_latency, first_token_ts=stats.first_token_ts,
+                     last_token_ts=stats.last_token_ts, num_generation_tokens=stats.num_generation_tokens)
 
 
 def serve(conn: Connection) -> int:

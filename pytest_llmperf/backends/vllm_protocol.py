@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pytest_llmperf.backends.engine_timing import EngineTiming
+
 #: "host:port" of the test process's listener
 ADDRESS_ENV = "LLMPERF_VLLM_ADDRESS"
 #: hex of the connection's authentication key
@@ -75,6 +77,8 @@ class Generated:
     tokens: tuple[tuple[int, ...], ...]
     #: ``time.perf_counter()`` in the engine process when each of those tokens was returned by an engine step
     stamps: tuple[tuple[float, ...], ...]
+    #: vLLM's own account of the request (its request stats) when there was one prompt
+    engine_timing: EngineTiming | None = None
 
 
 @dataclass(frozen=True)
