@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from pytest_llmperf.bench import Bench
 from pytest_llmperf.case import cases_from_marker
+from pytest_llmperf.pool import pool_for_device
 from pytest_llmperf.settings import Settings
 
 
@@ -59,7 +60,9 @@ def main() -> None:
         rootdir=Path.cwd(),
     )
     (case,) = cases_from_marker((), {"model": args.model, "backend": "hf"}, settings)
-    bench = Bench.open(test_id="benchmarks/plugin_accuracy", case=case, settings=settings)
+    pool = pool_for_device(args.device, cpu_slots=1, lock_dir=cache / "pool")
+    lease = pool.lease(1, timeout_s=60, owner="benchmarks/plugin_accuracy")
+    bench = Bench.open(test_id="benchmarks/plugin_accuracy", case=case, settings=settings, lease=lease)
     bare = AutoModelForCausalLM.from_pretrained(bench.model.path, dtype=getattr(torch, bench.model.dtype))
     bare = bare.to(args.device).eval()
 
@@ -77,12 +80,13 @@ def main() -> None:
             wall = time.perf_counter() - start
             trial = result.trials[0]
             plugin.append(trial.value("tokens_per_s"))
-            overhead.append(wall - trial.ttft_s - trial.e2e_s)
+            overhead.append(wall - trial.e2e_s)
             independent.append(bare_tokens_per_s(bare, batch, args.prompt_tokens, args.new_tokens, args.device))
         ratio, low, high = median_ci(np.array(plugin) / np.array(independent))
         print(f"{batch:>5}  {np.median(plugin):>12.1f}  {np.median(independent):>10.1f}  "
               f"{ratio:>9.4f} [{low:.4f}, {high:.4f}]  {np.median(overhead) * 1000:>10.2f} ms")
     bench.close()
+    lease.release()
 
 
 if __name__ == "__main__":

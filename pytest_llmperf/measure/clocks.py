@@ -53,16 +53,28 @@ class Stopwatch:
 GC_DURING_TRIALS_ENV = "LLMPERF_GC_DURING_TRIALS"
 
 
+def collect_garbage() -> None:
+    """A full collection before a configuration's warm-ups, so that its trials start with little garbage.
+
+    Not before each trial: a full collection walks every object and leaves the caches cold, which
+    measured as +1.2 ms of TTFT on a 3.6 ms prefill of a tiny model (and +1.2 ms of llama.cpp's own
+    prompt time); the warm-ups after it warm the caches again."""
+    import gc
+    import os
+
+    if os.environ.get(GC_DURING_TRIALS_ENV) != "1":
+        gc.collect()
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """A trial without a garbage-collection pause in it: collect before, hold the collector off during."""
+    """A trial without a garbage-collection pause in it: the collector is held off during it."""
     import gc
     import os
 
     if os.environ.get(GC_DURING_TRIALS_ENV) == "1" or not gc.isenabled():
         yield
         return
-    gc.collect()
     gc.disable()
     try:
         yield

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pytest_llmperf.backends.base import Backend, LoadRequest
-from pytest_llmperf.measure.clocks import Stopwatch, gc_paused
+from pytest_llmperf.measure.clocks import Stopwatch, collect_garbage, gc_paused
 from pytest_llmperf.measure.energy import energy_meter
 from pytest_llmperf.measure.memory import memory_meter
 from pytest_llmperf.measure.oom import free_memory, is_out_of_memory
@@ -121,6 +121,8 @@ class RankRunner:
         measuring = False
         try:
             inputs = self._inputs(input_ids)
+            if config.warmups:
+                collect_garbage()  # the warm-ups then warm the caches the collection left cold
             for i in range(config.warmups):
                 report(f"{label}: warm-up", i, config.warmups)
                 self._timestamped(inputs, config.new_tokens)

@@ -123,6 +123,12 @@ def test_exactly_new_tokens_per_row_each_timestamped(llama_tiny, gguf_cache, bat
     assert result.outcome == "ok" and len(result.trials) == 2
     for trial in result.trials:
         assert trial.new_tokens == 6 and trial.ttft_s > 0 and trial.itl_p50_s is not None
+    timing = runner.backend.engine_timing()
+    if batch == 1:  # llama.cpp's own account of the last request: within the plugin's span of it
+        assert timing is not None and timing.new_tokens == 6
+        assert timing.tpot_ms is not None and 0 < timing.e2e_ms <= result.trials[-1].e2e_s * 1000
+    else:
+        assert timing is None  # one request of several rows has no single account
     runner.close()
 
 

@@ -118,6 +118,11 @@ def test_trials_have_ttft_and_inter_token_latencies(engine):
     for trial in result.trials:
         assert (trial.batch_size, trial.new_tokens) == (3, 6)
         assert 0 < trial.ttft_s < trial.e2e_s and trial.itl_p50_s is not None and trial.itl_p50_s > 0
+    assert runner.backend.engine_timing() is None  # several rows: no single request's account
+    single = runner.generate(GenerateConfig(batch_size=1, prompt_tokens=8, new_tokens=6, trials=1, warmups=0), ids[:1])
+    timing = runner.backend.engine_timing()  # vLLM's own request stats of that trial
+    assert timing is not None and timing.new_tokens == 6 and timing.tpot_ms is not None
+    assert 0 < timing.e2e_ms <= single.trials[0].e2e_s * 1000
 
 
 def test_a_new_token_count_is_honoured_exactly(engine):
