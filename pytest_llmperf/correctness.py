@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pytest_llmperf.devices import device_kind
+from pytest_llmperf.fidelity import first_divergence
 from pytest_llmperf.results import CorrectnessCheck
 
 if TYPE_CHECKING:
@@ -53,15 +54,12 @@ class Parting:
 def partings(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_tokens: int) -> list[Parting]:
     """The first difference of every row that differs from the reference."""
     ref_new = reference[:, prompt_tokens:]
-    found = []
-    for rank, output in enumerate(outputs):
-        new = output[:, prompt_tokens:]
-        for row in range(ref_new.shape[0]):
-            differs = np.flatnonzero(new[row] != ref_new[row])
-            if differs.size:
-                position = int(differs[0])
-                found.append(Parting(rank, row, position, int(new[row, position])))
-    return found
+    return [
+        Parting(rank, row, position, int(output[row, prompt_tokens + position]))
+        for rank, output in enumerate(outputs)
+        for row, position in enumerate(first_divergence(ref_new, output[:, prompt_tokens:]))
+        if position < ref_new.shape[1]
+    ]
 
 
 def compare_tokens(reference: np.ndarray, outputs: list[np.ndarray], *, prompt_tokens: int, exact: bool,
