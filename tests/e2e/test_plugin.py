@@ -49,7 +49,7 @@ def test_a_generous_budget_passes_and_the_run_is_in_the_history(pytester, run_ll
                                  "hf · synthetic:llama-tiny (llama, float32) · world 1 · load_s * (read * + place *; "
                                  "page cache *)*",
                                  "*batch*ttft_ms*tpot_ms*tokens/s*ms/token*peak mem*budgets*",
-                                 "*1*±*±*±*±*MiB*4 ok*", "*history: run * in *history.db"])
+                                 "*1*±*±*±*±*iB*4 ok*", "*history: run * in *history.db"])
     db = pytester.path / ".llmperf" / "history.db"
     assert _db_rows(db, "select status from runs") == [("complete",)]
     assert _db_rows(db, "select test_id, outcome from tests") == [
