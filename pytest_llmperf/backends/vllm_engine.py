@@ -27,6 +27,7 @@ from pytest_llmperf.backends.vllm_protocol import (
     ENGINE_PHASE,
     KEY_ENV,
     PARENT_PID_ENV,
+    WARM_UP_PHASE,
     Close,
     EngineSpec,
     Failed,
@@ -94,7 +95,9 @@ class Engine:
         import vllm
 
         self._conn.send(Phase(ENGINE_PHASE))
-        with announcing_compile(self._conn.send, COMPILE_CACHED_PHASE if spec.compile_cache_warm else COMPILE_PHASE):
+        phase = (WARM_UP_PHASE if spec.enforce_eager
+                 else COMPILE_CACHED_PHASE if spec.compile_cache_warm else COMPILE_PHASE)
+        with announcing_compile(self._conn.send, phase):
             self._llm = vllm.LLM(
                 model=spec.checkpoint, tokenizer=spec.checkpoint, dtype=spec.dtype,
                 tensor_parallel_size=spec.tensor_parallel_size, seed=spec.seed, enforce_eager=spec.enforce_eager,

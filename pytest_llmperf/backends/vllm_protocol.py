@@ -24,6 +24,8 @@ ENGINE_PHASE = "engine"
 COMPILE_PHASE = "compile"
 #: the compile phase when vLLM's and inductor's compile caches held this model's artifacts before the load
 COMPILE_CACHED_PHASE = "compile-cached"
+#: the same span of an eager engine, which compiles nothing: profiling, the KV cache, the warm-up
+WARM_UP_PHASE = "warm-up"
 
 
 @dataclass(frozen=True)
