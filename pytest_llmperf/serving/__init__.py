@@ -1,0 +1,1 @@
+"""Serving mode: a real inference server under load (arrivals, workloads, the load generator, metrics)."""
