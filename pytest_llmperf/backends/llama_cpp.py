@@ -87,28 +87,9 @@ class LlamaCppBackend:
             ) from e
         self._device = request.device
         gguf_file = _gguf_for(request, span)
-        params = xllamacpp.CommonParams()
-        params.model.path = str(gguf_file)
-        params.n_ctx = KV_CACHE_TOKENS
-        params.n_parallel = SLOTS
-        params.kv_unified = True  # one KV pool for all slots: a row may use what the others do not
-        params.cache_prompt = False
-        params.warmup = True  # as llama-server does: the first request does not pay for first-use work
-        threads = request.threads or os.cpu_count() or 1
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
-        if _variant(request) == "f32" or (_variant(request) == "auto" and request.gguf_file is None):
-            # float32 throughout, as transformers computes in float32: llama.cpp's KV cache is float16 unless told
-            params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
-            params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
-        params.sampling.temp = 0.0
-        params.sampling.top_k = 1
-        params.verbosity = -1
-        if request.device.startswith("cuda"):
-            params.n_gpu_layers = 999  # every layer on the device
-            params.main_gpu = int(request.device.partition(":")[2] or 0)
-        else:
-            params.n_gpu_layers = 0
+        f32 = _variant(request) == "f32" or (_variant(request) == "auto" and request.gguf_file is None)
+        params = server_params(gguf_file, threads=request.threads or os.cpu_count() or 1, device=request.device,
+                               float32_kv_cache=f32)
         with span("load"):
             check_gguf_file(gguf_file)
             try:
@@ -229,6 +210,36 @@ class LlamaCppBackend:
         if self._server is None:
             raise RuntimeError("the llama-cpp backend has no model loaded; call load() first")
         return self._server
+
+
+def server_params(gguf_file: Path, *, threads: int, device: str, float32_kv_cache: bool, port: int = 0) -> Any:
+    """llama.cpp's server settings for measuring: ``SLOTS`` parallel sequences sharing one KV cache, prompt
+    cache off, greedy, ``threads`` threads, every layer on a CUDA ``device``; ``port`` 0: any free one."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(gguf_file)
+    params.n_ctx = KV_CACHE_TOKENS
+    params.n_parallel = SLOTS
+    params.kv_unified = True  # one KV pool for all slots: a row may use what the others do not
+    params.cache_prompt = False
+    params.warmup = True  # as llama-server does: the first request does not pay for first-use work
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.port = port
+    if float32_kv_cache:
+        # float32 throughout, as transformers computes in float32: llama.cpp's KV cache is float16 unless told
+        params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
+        params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+    params.sampling.temp = 0.0
+    params.sampling.top_k = 1
+    params.verbosity = -1
+    if device.startswith("cuda"):
+        params.n_gpu_layers = 999  # every layer on the device
+        params.main_gpu = int(device.partition(":")[2] or 0)
+    else:
+        params.n_gpu_layers = 0
+    return params
 
 
 def check_gguf_file(path: Path) -> None:
