@@ -1,0 +1,131 @@
+"""An inference server as a real subprocess: started on 127.0.0.1, waited for, watched, and stopped.
+
+The server runs in a session of its own (its process group: a server's workers go with it) and is
+killed when the test process dies (``PR_SET_PDEATHSIG``). Its output goes to a log that is kept; a
+server that exits, or does not answer within its time, fails with the log's last lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_llmperf.launch.distributed import tail
+from pytest_llmperf.launch.exec_tied import tied_argv
+
+#: seconds a stopping server has after SIGTERM before its process group is killed
+STOP_WAIT_S = 10.0
+LOG_LINES = 30
+
+
+class ServerFailed(Exception):
+    """The server exited, or did not become ready in time; the message quotes its log."""
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    """How to start one server and how to know it is ready."""
+
+    argv: tuple[str, ...]
+    port: int
+    #: a GET of this path answers 200 once the server can take requests
+    ready_path: str = "/health"
+    env: tuple[tuple[str, str], ...] = ()
+    #: what the server is, for messages ("llama.cpp's server", "vLLM's OpenAI server")
+    name: str = "the server"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class ServerProcess:
+    def __init__(self, command: ServerCommand, process: subprocess.Popen[bytes], log: Path,
+                 phases: Sequence[tuple[str, float]]):
+        self.command = command
+        self.log = log
+        self.phases = tuple(phases)
+        self._process = process
+
+    @property
+    def url(self) -> str:
+        return self.command.url
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def load_s(self) -> float:
+        return sum(seconds for _, seconds in self.phases)
+
+    @classmethod
+    def start(cls, command: ServerCommand, log: Path, *, timeout_s: float,
+              extra_env: Mapping[str, str] | None = None) -> ServerProcess:
+        """Start the server and wait until it answers; phases "process start" and "ready" time it."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **dict(command.env), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        started = time.perf_counter()
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                tied_argv(command.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # its own process group: Ctrl-C reaches pytest, which stops the server
+            )
+        spawned = time.perf_counter()
+        server = cls(command, process, log, [])
+        try:
+            server._wait_ready(timeout_s - (spawned - started))
+        except BaseException:
+            server.stop()
+            raise
+        server.phases = (("process start", spawned - started), ("ready", time.perf_counter() - spawned))
+        return server
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + self.command.ready_path, timeout=2.0).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise ServerFailed(
+                    f"{self.command.name} (pid {self.pid}) did not answer GET {self.url}{self.command.ready_path} "
+                    f"within {timeout_s:.0f} s; its last output lines ({self.log}):\n{tail(self.log, LOG_LINES)}"
+                )
+            time.sleep(0.2)
+
+    def check(self) -> None:
+        """ServerFailed, with the log's tail, when the server has exited."""
+        code = self._process.poll()
+        if code is not None:
+            raise ServerFailed(f"{self.command.name} (pid {self.pid}) exited with status {code}; its last output "
+                               f"lines ({self.log}):\n{tail(self.log, LOG_LINES)}")
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after ``STOP_WAIT_S``; reaped either way."""
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=STOP_WAIT_S)
+        if self._process.poll() is None or _group_alive(self._process.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
