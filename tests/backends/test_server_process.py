@@ -112,3 +112,26 @@ def test_the_server_dies_with_the_process_that_started_it(tmp_path) -> None:
     while not _gone(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(server_pid)
+
+
+def test_vllm_s_openai_server_starts_serves_token_id_prompts_exactly_and_stops(synthetic_cache, tmp_path) -> None:
+    from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest
+    from pytest_llmperf.backends.vllm_python import find_vllm_python
+    from pytest_llmperf.serving.presets import vllm_server
+
+    try:
+        find_vllm_python()
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    checkpoint = ensure_synthetic(parse_model_spec("synthetic:llama-tiny-hd32"), "float32", synthetic_cache)
+    request = LoadRequest(checkpoint, "float32", "cpu", threads=1)
+    command = vllm_server(request, port=free_port(), cache_dir=tmp_path / "cache", eager=True)
+    server = ServerProcess.start(command, tmp_path / "vllm.log", timeout_s=300)
+    try:
+        completions = [Completion(prompt_ids=tuple(range(30, 46)), output_tokens=12)] * 3
+        run = run_load(server.url, "model", completions, OpenLoop(rate_rps=10.0, requests=3))
+        assert all(r.error is None and r.output_tokens == 12 for r in run.records), [r.error for r in run.records]
+        server.check()
+    finally:
+        server.stop()
+    assert _gone(server.pid)
