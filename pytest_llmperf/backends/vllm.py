@@ -169,8 +169,9 @@ class VllmBackend:
             raise
         assert isinstance(loaded, Loaded)
         self._loaded = loaded
-        cache.mkdir(parents=True, exist_ok=True)
-        (cache / CACHE_DONE).write_text(f"vllm {loaded.vllm_version}\n")
+        if not spec.enforce_eager:  # an eager load compiles nothing: a later compiled load would find no artifacts
+            cache.mkdir(parents=True, exist_ok=True)
+            (cache / CACHE_DONE).write_text(f"vllm {loaded.vllm_version}\n")
         self._devices = ("cpu",) if kind == "cpu" else request.leased_devices[:request.world_size]
 
     def _running(self) -> EngineProcess:

@@ -72,6 +72,22 @@ def _alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------------------- the engine
 
 
+def test_an_eager_load_compiles_nothing_and_leaves_no_warm_compile_cache(tmp_path):
+    from pytest_llmperf.backends.vllm import CACHE_DONE, compile_cache_dir
+
+    python = _vllm_python_or_skip()
+    checkpoint = _checkpoint("llama-tiny-hd32", tmp_path / "models")
+    request = LoadRequest(checkpoint, "float32", "cpu", variant="eager", cache_dir=tmp_path / "derived", threads=2)
+    runner = RankRunner(VllmBackend(), "cpu")
+    try:
+        load = runner.load(request)
+    finally:
+        runner.close()
+    assert [name for name, _ in load.phases] == ["start", "import", "engine", "warm-up"]
+    # a compiled load through the same cache must not be told the artifacts are there
+    assert not (compile_cache_dir(request, python, tmp_path) / CACHE_DONE).exists()
+
+
 def test_load_is_timed_in_phases_and_reports_the_real_weights(engine):
     _, load, checkpoint = engine
     names = [name for name, _ in load.phases]
