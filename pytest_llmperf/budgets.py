@@ -2,7 +2,8 @@
 
 A budget is an upper bound for metrics where lower is better (times, memory) and a lower bound for
 metrics where higher is better (throughput); the metric glossary decides which. A budget holds for
-every batch size unless it names one. The median of the trials is what is checked.
+every batch size unless it names one. The median of the trials is what is checked. A budget on a serving
+metric (``"p99_ttft_ms": 500``, ``goodput``) holds at every serving load point of the test.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_llmperf.measure.metrics import METRICS, Scope
-from pytest_llmperf.results import BenchRecord, BudgetCheck, BudgetOutcome, GenerateResult
+from pytest_llmperf.results import BenchRecord, BudgetCheck, BudgetOutcome, GenerateResult, ServingResult
 from pytest_llmperf.units import format_value, parse_bytes
 
 ALL_BATCHES = "*"
@@ -78,6 +79,9 @@ def _metric_name(name: object) -> str:
 def _per_batch_allowed(name: str, value: object) -> None:
     if METRICS[name].scope is Scope.LOAD:
         raise BudgetError(f"{name} is measured once per load, not per batch size: give one number, got {value!r}")
+    if METRICS[name].scope is Scope.SERVING:
+        raise BudgetError(f"{name} is measured per serving load point, not per batch size: give one number, which "
+                          f"holds at every load point of the test, got {value!r}")
 
 
 def parse_budgets(spec: Mapping[object, object]) -> tuple[Budget, ...]:
@@ -169,7 +173,17 @@ def check_budgets(budgets: tuple[Budget, ...], record: BenchRecord) -> tuple[Bud
     for budget in budgets:
         if METRICS[budget.metric].scope is Scope.GENERATE and (budget.metric, budget.batch_size) not in checked:
             checks.append(BudgetCheck(budget.metric, budget.bound, budget.limit, budget.batch_size, None, "unmeasured"))
+    for budget in (b for b in budgets if METRICS[b.metric].scope is Scope.SERVING):
+        checks.extend(_check_serving(budget, result) for result in record.servings)
+        if not record.servings:
+            checks.append(BudgetCheck(budget.metric, budget.bound, budget.limit, None, None, "unmeasured"))
     return tuple(checks)
+
+
+def _check_serving(budget: Budget, result: ServingResult) -> BudgetCheck:
+    measured = result.metric_values().get(budget.metric)
+    outcome: BudgetOutcome = "unmeasured" if measured is None else "pass" if budget.admits(measured) else "miss"
+    return BudgetCheck(budget.metric, budget.bound, budget.limit, None, measured, outcome, point=result.config.label)
 
 
 def describe_miss(check: BudgetCheck, record: BenchRecord) -> str:
@@ -178,6 +192,8 @@ def describe_miss(check: BudgetCheck, record: BenchRecord) -> str:
     where = f"model {record.model.model_id}, backend {record.backend}"
     if check.batch_size is not None:
         where += f", batch {check.batch_size}"
+    if check.point is not None:
+        where += f", load point {check.point}"
     if check.outcome == "unmeasured":
         what = "was not measured" if check.batch_size is None else f"was not measured at batch {check.batch_size}"
         return f"{check.metric} {what}; budget {budget.describe()} ({where})"

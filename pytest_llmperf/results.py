@@ -13,6 +13,8 @@ from pytest_llmperf.gate.spec import GateSpec
 from pytest_llmperf.measure.metrics import E2E_DERIVED, TRIAL_METRICS, metric
 from pytest_llmperf.measure.stats import Stats
 from pytest_llmperf.measure.token_clock import TokenTimeline
+from pytest_llmperf.series import LoadPoint
+from pytest_llmperf.serving.request_metrics import Distribution, ServingSummary
 
 Outcome = Literal["ok", "oom"]
 BudgetOutcome = Literal["pass", "miss", "unmeasured"]
@@ -156,6 +158,77 @@ class GenerateResult:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """One serving load point: the requests (a workload), and how they arrive (a rate or a concurrency)."""
+
+    #: ``Workload.label``: "p32o32", "sharegpt", ...
+    workload: str
+    requests: int
+    #: requests sent one at a time before the measured ones, excluded from every metric
+    warmup_requests: int
+    #: open loop: requests per second on average (None for a closed loop)
+    request_rate: float | None = None
+    #: closed loop: requests in flight at all times (None for an open loop)
+    concurrency: int | None = None
+    #: the gamma shape of an open loop's gaps (1: Poisson)
+    burstiness: float = 1.0
+    seed: int = 0
+    #: the SLOs goodput counted against, (metric, milliseconds)
+    slo: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def point(self) -> LoadPoint:
+        return LoadPoint.of(request_rate=self.request_rate, concurrency=self.concurrency)
+
+    @property
+    def label(self) -> str:
+        """"request_rate=4 p32o32": how reports and budget messages name the load point."""
+        return f"{self.point.label} {self.workload}"
+
+
+@dataclass(frozen=True)
+class LoadGeneratorReport:
+    """What the load generator did against what it was asked: its own accuracy at this load point."""
+
+    asked: int
+    sent: int
+    #: requests per second actually sent (None for fewer than two sends)
+    achieved_rate_rps: float | None
+    #: the worst lateness of a send against its schedule (0 for a closed loop)
+    max_send_lag_s: float
+    max_in_flight: int
+
+
+@dataclass(frozen=True)
+class ServingResult:
+    """The measured requests of one serving load point, summarized as vLLM's ``bench serve`` does."""
+
+    config: ServingConfig
+    summary: ServingSummary
+    client: LoadGeneratorReport
+    #: the distinct errors of failed requests (at most a few), for the report
+    errors: tuple[str, ...] = ()
+
+    def metric_values(self) -> dict[str, float]:
+        """Every serving metric this load point measured (a latency nothing completed is left out)."""
+        from pytest_llmperf.measure.metrics import SERVING_LATENCIES, SERVING_STATISTICS, serving_latency_name
+
+        s = self.summary
+        values: dict[str, float] = {}
+        for latency in SERVING_LATENCIES:
+            distribution: Distribution = getattr(s, f"{latency}_ms")
+            for statistic in SERVING_STATISTICS:
+                value = getattr(distribution, statistic)
+                if value is not None:
+                    values[serving_latency_name(statistic, latency)] = value
+        values.update(request_throughput=s.request_throughput, output_throughput=s.output_throughput,
+                      total_token_throughput=s.total_token_throughput, error_rate=s.error_rate)
+        if s.goodput is not None:
+            values["goodput"] = s.goodput
+        return values
+
+
+@dataclass(frozen=True)
 class PageCache:
     """How much of the checkpoint was in the OS page cache just before loading."""
 
@@ -209,6 +282,8 @@ class BudgetCheck:
     batch_size: int | None
     measured: float | None
     outcome: BudgetOutcome
+    #: the serving load point checked (``ServingConfig.label``); None for load and generate metrics
+    point: str | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +360,10 @@ class BenchRecord:
     max_batch: int | None = None
     #: the test's regression-gate settings
     gate: GateSpec = field(default_factory=GateSpec)
+    #: serving load points measured against a server (the ``llm_server`` fixture)
+    servings: tuple[ServingResult, ...] = ()
+    #: the largest request rate that met the SLO, when searched (``--llmperf-max-rate``)
+    max_rate_rps: float | None = None
 
     def load_metric_values(self) -> dict[str, float]:
         values = self.load.metric_values() if self.load else {}
@@ -292,6 +371,8 @@ class BenchRecord:
             values["first_generate_s"] = self.first_generate_s
         if self.max_batch is not None:
             values["max_batch"] = float(self.max_batch)
+        if self.max_rate_rps is not None:
+            values["max_rate_rps"] = self.max_rate_rps
         if self.fidelity is not None:
             values.update(self.fidelity.metric_values())
         return values
@@ -326,7 +407,20 @@ class BenchRecord:
             fidelity=_fidelity_from_dict(d.get("fidelity")),
             max_batch=d.get("max_batch"),
             gate=GateSpec.from_dict(d["gate"]) if d.get("gate") else GateSpec(),
+            servings=tuple(_serving_from_dict(s) for s in d.get("servings", ())),
+            max_rate_rps=d.get("max_rate_rps"),
         )
+
+
+def _serving_from_dict(s: dict[str, Any]) -> ServingResult:
+    c, summary = s["config"], s["summary"]
+    latencies = {name: Distribution(**summary[name]) for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")}
+    return ServingResult(
+        config=ServingConfig(**{**c, "slo": tuple((str(n), float(v)) for n, v in c.get("slo", ()))}),
+        summary=ServingSummary(**{**summary, **latencies}),
+        client=LoadGeneratorReport(**s["client"]),
+        errors=tuple(s.get("errors", ())),
+    )
 
 
 def _correctness_from_dict(c: dict[str, Any] | None) -> CorrectnessCheck | None:

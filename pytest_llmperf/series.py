@@ -102,13 +102,17 @@ class SeriesKey:
     #: the prompt set of a generate ("text"); None for seeded random token ids, the default, which every
     #: series recorded before prompt sets has: it enters the digest only when set
     prompts: str | None = None
+    #: a serving load point's workload (``Workload.label``: "p32o32", "sharegpt"); None for every other series,
+    #: and, like ``prompts``, in the digest only when set
+    workload: str | None = None
 
     def canonical(self) -> dict[str, object]:
         """The fields the digest hashes, flat: the load point's coordinates sit beside the others."""
         return {"test_id": self.test_id, "model_id": self.model_id, "model_config_hash": self.model_config_hash,
                 "backend": self.backend, "variant": self.variant, "dtype": self.dtype, "world_size": self.world_size,
                 **self.point.canonical(), "metric": self.metric, "env_fingerprint": self.env_fingerprint,
-                **({"prompts": self.prompts} if self.prompts is not None else {})}
+                **({"prompts": self.prompts} if self.prompts is not None else {}),
+                **({"workload": self.workload} if self.workload is not None else {})}
 
     @cached_property
     def _digest(self) -> str:
@@ -123,4 +127,5 @@ class SeriesKey:
         """How reports name the series: ``suites/t.py::test_x[hf] b8 tokens_per_s``."""
         point = f" {self.point.label}" if self.point.label else ""
         prompts = f" prompts={self.prompts}" if self.prompts is not None else ""
-        return f"{self.test_id}{point}{prompts} {self.metric}"
+        workload = f" {self.workload}" if self.workload is not None else ""
+        return f"{self.test_id}{point}{prompts}{workload} {self.metric}"

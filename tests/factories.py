@@ -9,9 +9,13 @@ from pytest_llmperf.results import (
     LoadResult,
     MemoryPeak,
     ModelIdentity,
+    LoadGeneratorReport,
     PageCache,
+    ServingConfig,
+    ServingResult,
     Trial,
 )
+from pytest_llmperf.serving.request_metrics import RequestRecord, ServingSummary
 from pytest_llmperf.series import LoadPoint, SeriesKey
 
 
@@ -30,6 +34,37 @@ def make_record(*generates: GenerateResult, load_s: float = 2.0) -> BenchRecord:
     return BenchRecord(test_id="t.py::test_x", model=ModelIdentity("synthetic:llama-tiny", "abc", "llama",
                                                                   "float32", 1000),
                        backend="hf", variant="default", world_size=1, seed=0, load=load, generates=generates)
+
+
+def make_serving(request_rate: float | None = 4.0, *, ttft_s: float = 0.05, gap_s: float = 0.01,
+                 requests: int = 20, output_tokens: int = 8, failed: int = 0, workload: str = "p32o32",
+                 concurrency: int | None = None, slo: tuple[tuple[str, float], ...] = ()) -> ServingResult:
+    """A serving load point of ``requests`` requests sent 1/rate apart, each streaming one token per chunk
+    ``gap_s`` apart after ``ttft_s``; the last ``failed`` of them failed."""
+    spacing = 1.0 / (request_rate or 4.0)
+    records = [RequestRecord(send_s=i * spacing,
+                             chunk_s=tuple(i * spacing + ttft_s + k * gap_s for k in range(output_tokens)),
+                             output_tokens=output_tokens, prompt_tokens=32)
+               if i < requests - failed else
+               RequestRecord(send_s=i * spacing, chunk_s=(), output_tokens=0, prompt_tokens=32, error="HTTP 500: boom")
+               for i in range(requests)]
+    duration = (requests - 1) * spacing + ttft_s + (output_tokens - 1) * gap_s
+    config = ServingConfig(workload=workload, requests=requests, warmup_requests=2,
+                           request_rate=None if concurrency is not None else request_rate, concurrency=concurrency,
+                           slo=slo)
+    return ServingResult(config=config, summary=ServingSummary.of(records, duration, dict(slo) or None),
+                         client=LoadGeneratorReport(asked=requests, sent=requests, achieved_rate_rps=request_rate,
+                                                    max_send_lag_s=0.001, max_in_flight=3),
+                         errors=("HTTP 500: boom",) if failed else ())
+
+
+def make_server_record(*servings: ServingResult, backend: str = "llama-cpp") -> BenchRecord:
+    load = LoadResult(load_s=3.0, phases=(("process start", 1.0), ("weights", 1.5), ("ready", 0.5)),
+                      weights_bytes=10**6, memory=MemoryPeak(10**8, None, "vmhwm"), page_cache=PageCache(None),
+                      devices=("cpu#0",))
+    return BenchRecord(test_id="t.py::test_serve", model=ModelIdentity("synthetic:llama-tiny", "abc", "llama",
+                                                                      "float32", 1000),
+                       backend=backend, variant="auto", world_size=1, seed=0, load=load, servings=servings)
 
 
 GPU_ENV = Environment(

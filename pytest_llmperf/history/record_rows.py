@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.history.series_columns import series_columns
 from pytest_llmperf.measure.metrics import METRICS, TRIAL_METRICS
-from pytest_llmperf.results import RANDOM_PROMPTS, BenchRecord, BudgetCheck, GenerateResult
+from pytest_llmperf.results import RANDOM_PROMPTS, BenchRecord, BudgetCheck, GenerateResult, ServingResult
 from pytest_llmperf.series import LoadPoint, SeriesKey
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ class ResultValues:
     columns: dict[str, Any]
     #: the prompt set of a generate other than random token ids (see ``SeriesKey.prompts``)
     prompts: str | None = None
+    #: a serving load point's workload (see ``SeriesKey.workload``)
+    workload: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,17 +44,17 @@ class MeasurementRows:
 
 
 def series_key(record: BenchRecord, point: LoadPoint, metric: str, env_fingerprint: str,
-               prompts: str | None = None) -> SeriesKey:
+               prompts: str | None = None, workload: str | None = None) -> SeriesKey:
     """The series a metric of this record at this load point belongs to, in the run's environment."""
     return SeriesKey(test_id=record.test_id, model_id=record.model.model_id,
                      model_config_hash=record.model.config_hash, backend=record.backend, variant=record.variant,
                      dtype=record.model.dtype, world_size=record.world_size, point=point, metric=metric,
-                     env_fingerprint=env_fingerprint, prompts=prompts)
+                     env_fingerprint=env_fingerprint, prompts=prompts, workload=workload)
 
 
 def result_row(record: BenchRecord, result: ResultValues, env_fingerprint: str) -> dict[str, Any]:
     """A results row without its measurement and run ids."""
-    key = series_key(record, result.point, result.metric, env_fingerprint, result.prompts)
+    key = series_key(record, result.point, result.metric, env_fingerprint, result.prompts, result.workload)
     return {**series_columns(key), **result.columns}
 
 
@@ -82,6 +84,34 @@ def _result_values(record: BenchRecord, name: str, value: float, *, generate: Ge
         columns.update(value=s.median, q1=s.q1, q3=s.q3, cv=s.cv, n=s.n, min=s.min, max=s.max)
     prompts = None if config is None or config.prompts == RANDOM_PROMPTS else config.prompts
     return ResultValues(point=point, metric=name, columns=columns, prompts=prompts)
+
+
+def _serving_values(record: BenchRecord, name: str, value: float, serving: ServingResult) -> ResultValues:
+    config = serving.config
+    budget = next((c for c in record.budget_checks if c.metric == name and c.point == config.label), None)
+    columns: dict[str, Any] = {
+        "unit": METRICS[name].unit, "value": value,
+        "q1": None, "q3": None, "cv": None, "n": serving.summary.completed, "min": None, "max": None,
+        "budget_limit": budget.limit if budget else None,
+        "budget_bound": budget.bound if budget else None,
+        "budget_outcome": budget.outcome if budget else None,
+    }
+    return ResultValues(point=config.point, metric=name, columns=columns, workload=config.workload)
+
+
+def _serving_rows(record: BenchRecord, serving: ServingResult, devices: str | None) -> MeasurementRows:
+    c, client = serving.config, serving.client
+    detail = {"requests": c.requests, "warmup_requests": c.warmup_requests, "burstiness": c.burstiness,
+              "seed": c.seed, "slo": dict(c.slo), "asked": client.asked, "sent": client.sent,
+              "completed": serving.summary.completed, "duration_s": serving.summary.duration_s,
+              "achieved_rate_rps": client.achieved_rate_rps, "max_send_lag_s": client.max_send_lag_s,
+              "max_in_flight": client.max_in_flight, "errors": list(serving.errors)}
+    return MeasurementRows(
+        row={"kind": "generate", "request_rate": c.request_rate, "concurrency": c.concurrency,
+             "workload": c.workload, "outcome": "ok", "devices": devices, "serving": json.dumps(detail)},
+        trials=[],
+        results=[_serving_values(record, n, v, serving) for n, v in serving.metric_values().items()],
+    )
 
 
 def measurement_rows(record: BenchRecord) -> list[MeasurementRows]:
@@ -125,6 +155,7 @@ def measurement_rows(record: BenchRecord) -> list[MeasurementRows]:
                     for i, t in enumerate(g.trials)],
             results=[_result_values(record, n, v, generate=g) for n, v in g.metric_values().items()],
         ))
+    out.extend(_serving_rows(record, s, devices) for s in record.servings)
     return out
 
 

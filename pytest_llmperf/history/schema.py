@@ -237,11 +237,29 @@ ALTER TABLE trials ADD COLUMN itl_p99_s REAL;
 """)
 
 
+def _migrate_to_v6(db: sqlite_utils.Database) -> None:
+    """Serving mode: a serving load point is a measurement of kind 'generate' with a request rate or a
+    concurrency and a workload instead of a batch, and what its load generator did (JSON: requests sent and
+    asked, achieved rate, worst send lag, errors, SLOs); its series carry the same coordinates, and a budget
+    check the load point it checked."""
+    db.executescript("""
+ALTER TABLE measurements ADD COLUMN request_rate REAL;
+ALTER TABLE measurements ADD COLUMN concurrency INTEGER;
+ALTER TABLE measurements ADD COLUMN workload TEXT;
+ALTER TABLE measurements ADD COLUMN serving TEXT;
+ALTER TABLE results ADD COLUMN request_rate REAL;
+ALTER TABLE results ADD COLUMN concurrency INTEGER;
+ALTER TABLE results ADD COLUMN workload TEXT;
+ALTER TABLE budget_checks ADD COLUMN point TEXT;
+""")
+
+
 Migration = Callable[[sqlite_utils.Database], None]
 
 #: ``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``. Append, never edit:
 #: files in the wild are at every version. Looked up at open time, so tests can extend it.
-MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2, _migrate_to_v3, _migrate_to_v4, _migrate_to_v5]
+MIGRATIONS: list[Migration] = [_migrate_to_v1, _migrate_to_v2, _migrate_to_v3, _migrate_to_v4, _migrate_to_v5,
+                               _migrate_to_v6]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)
 

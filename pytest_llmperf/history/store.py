@@ -256,7 +256,10 @@ class HistoryStore:
                             for r in m.results)
             db.table("results").insert_all(results)
             db.table("budget_checks").insert_all(
-                {"test_row_id": test_row_id, "run_id": run_id, **asdict(c)} for c in record.budget_checks
+                # a check's serving load point is left out (NULL) for load and generate metrics
+                {"test_row_id": test_row_id, "run_id": run_id,
+                 **{k: v for k, v in asdict(c).items() if k != "point" or v is not None}}
+                for c in record.budget_checks
             )
 
     def record_verdicts(self, run_id: str, verdicts: Sequence[Verdict], *, baseline_kind: str) -> None:

@@ -28,10 +28,12 @@ class Sampling(StrEnum):
 
 
 class Scope(StrEnum):
-    """How often a metric is measured: once per model load, or once per generate configuration."""
+    """How often a metric is measured: once per model load, once per generate configuration, or once per
+    serving load point (a request rate or a concurrency, with a workload)."""
 
     LOAD = "load"
     GENERATE = "generate"
+    SERVING = "serving"
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Metric:
         return "max" if self.better is Better.LOWER else "min"
 
 
-_ALL = (
+_ALL: tuple[Metric, ...] = (
     Metric("load_s", "s", Better.LOWER, Scope.LOAD,
            "from the backend's load call to ready-to-generate on every rank (max over ranks)", Sampling.PROCESS),
     Metric("first_generate_s", "s", Better.LOWER, Scope.LOAD,
@@ -101,6 +103,45 @@ _ALL = (
            "CUDA only: NVML total-energy counter delta over the trials / tokens generated", Sampling.PROCESS),
 )
 
+#: the per-request latencies of serving, by vLLM ``bench serve``'s names, and what each is of one request
+SERVING_LATENCIES = {
+    "ttft": "time to first token: from the request's send to the arrival of its first streamed token",
+    "tpot": "time per output token after the first = (e2el - ttft) / (output tokens - 1)",
+    "itl": "inter-token latency: each gap between consecutive streamed chunks, pooled over the requests",
+    "e2el": "end-to-end latency: from the request's send to the arrival of its last token",
+}
+#: the statistics of each over the completed requests of one load point, as vLLM names them
+SERVING_STATISTICS = {"mean": "the mean", "median": "the median", "p90": "the 90th percentile",
+                      "p99": "the 99th percentile"}
+
+
+def serving_latency_name(statistic: str, latency: str) -> str:
+    """``serving_latency_name("p99", "ttft")`` -> ``"p99_ttft_ms"``."""
+    return f"{statistic}_{latency}_ms"
+
+
+_SERVING = (
+    *(Metric(serving_latency_name(stat, latency), "ms", Better.LOWER, Scope.SERVING,
+             f"serving: {stat_text} over the requests of a load point of the {text}", Sampling.PROCESS)
+      for latency, text in SERVING_LATENCIES.items() for stat, stat_text in SERVING_STATISTICS.items()),
+    Metric("request_throughput", "req/s", Better.HIGHER, Scope.SERVING,
+           "serving: completed requests / the run's duration (first send to last response)", Sampling.PROCESS),
+    Metric("output_throughput", "tokens/s", Better.HIGHER, Scope.SERVING,
+           "serving: output tokens of the completed requests (the server's usage count) / the run's duration",
+           Sampling.PROCESS),
+    Metric("total_token_throughput", "tokens/s", Better.HIGHER, Scope.SERVING,
+           "serving: prompt + output tokens of the completed requests / the run's duration", Sampling.PROCESS),
+    Metric("goodput", "req/s", Better.HIGHER, Scope.SERVING,
+           "serving: completed requests that met every SLO (--llmperf-slo) / the run's duration", Sampling.PROCESS),
+    Metric("error_rate", "ratio", Better.LOWER, Scope.SERVING,
+           "serving: requests that failed (an HTTP error, a broken stream, fewer tokens than asked) / requests sent",
+           Sampling.PROCESS),
+    Metric("max_rate_rps", "req/s", Better.HIGHER, Scope.LOAD,
+           "serving: the largest request rate whose p99 TTFT and p99 TPOT meet the SLO (--llmperf-max-rate search)",
+           Sampling.PROCESS),
+)
+_ALL = (*_ALL, *_SERVING)
+
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
 #: Metrics computed from every trial; their statistics (median, IQR, CV) come from the trials.
@@ -111,12 +152,16 @@ TRIAL_METRICS = tuple(m.name for m in _ALL if m.sampling is Sampling.TRIALS)
 E2E_DERIVED = ("tokens_per_s", "ms_per_token")
 
 #: The metrics the regression gate compares and reports.
-COMPARED_METRICS = ("tokens_per_s", "tpot_ms", "ttft_ms", "load_s", "peak_mem_bytes")
+COMPARED_METRICS = ("tokens_per_s", "tpot_ms", "ttft_ms", "load_s", "peak_mem_bytes",
+                    "median_ttft_ms", "median_tpot_ms", "p99_ttft_ms", "p99_tpot_ms", "output_throughput", "goodput")
 
 #: The primary metrics among them, which can fail a run: one per thing measured (throughput of a decode,
 #: prefill latency, load time, memory). ``tpot_ms`` is nearly the same measurement as ``tokens_per_s`` of
 #: the same batch, so it is reported only: gating both would spend the run's error rate twice on one effect.
-GATED_METRICS = ("tokens_per_s", "ttft_ms", "load_s", "peak_mem_bytes")
+#: A serving load point gates its medians of TTFT and TPOT, one value per run: its p99 is reported only (the
+#: tail of one run's requests moves too much between runs to gate on), and its throughput at a fixed request
+#: rate is the rate itself while the server keeps up.
+GATED_METRICS = ("tokens_per_s", "ttft_ms", "load_s", "peak_mem_bytes", "median_ttft_ms", "median_tpot_ms")
 
 
 def metric(name: str) -> Metric:

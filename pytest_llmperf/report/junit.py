@@ -10,7 +10,8 @@ from pytest_llmperf.results import BenchRecord
 
 
 def junit_properties(record: BenchRecord) -> list[tuple[str, str]]:
-    """Load metrics as ``llmperf.<metric>``, generate metrics (medians) as ``llmperf.<metric>[b<batch>]``."""
+    """Load metrics as ``llmperf.<metric>``, generate metrics (medians) as ``llmperf.<metric>[b<batch>]``,
+    serving metrics as ``llmperf.<metric>[<load point>]`` (``[request_rate=4 p32o32]``)."""
     props = [(f"llmperf.{name}", f"{value:.6g}") for name, value in record.load_metric_values().items()]
     for result in record.generates:
         if result.outcome != "ok":
@@ -18,6 +19,9 @@ def junit_properties(record: BenchRecord) -> list[tuple[str, str]]:
             continue
         props += [(f"llmperf.{name}[b{result.batch_size}]", f"{value:.6g}")
                   for name, value in result.metric_values().items()]
+    for serving in record.servings:
+        props += [(f"llmperf.{name}[{serving.config.label}]", f"{value:.6g}")
+                  for name, value in serving.metric_values().items()]
     props += [("llmperf.backend", record.backend), ("llmperf.world_size", str(record.world_size)),
               ("llmperf.model", record.model.model_id), ("llmperf.dtype", record.model.dtype)]
     return props

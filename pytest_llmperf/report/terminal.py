@@ -8,7 +8,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pytest_llmperf.results import BenchRecord, BudgetCheck, GenerateResult
+from pytest_llmperf.results import BenchRecord, BudgetCheck, GenerateResult, ServingResult
 from pytest_llmperf.units import format_value
 
 
@@ -61,7 +61,36 @@ def _header(record: BenchRecord) -> str:
                      f"of {f.new_tokens}")
     if record.max_batch is not None:
         parts.append(f"max batch {record.max_batch}")
+    if record.max_rate_rps is not None:
+        parts.append(f"max rate {record.max_rate_rps:.3g} req/s")
     return " · ".join(parts)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def serving_table(record: BenchRecord) -> Table:
+    """One row per serving load point: what the generator sent, vLLM-style latencies, throughput, goodput."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("load point", "sent/asked", "achieved req/s", "ttft_ms p50/p99", "tpot_ms p50/p99",
+                   "itl_ms p99", "e2el_ms p50", "output tok/s", "goodput", "errors", "budgets"):
+        table.add_column(column, justify="left" if column in ("load point", "budgets") else "right",
+                         no_wrap=column != "budgets")
+    unplaced = [c for c in record.budget_checks if c.point is None]
+    for i, result in enumerate(record.servings):
+        checks = [c for c in record.budget_checks if c.point == result.config.label] + (unplaced if i == 0 else [])
+        table.add_row(*_serving_cells(result), _budget_cell(checks))
+    return table
+
+
+def _serving_cells(result: ServingResult) -> list[str]:
+    s, c = result.summary, result.client
+    achieved = "-" if c.achieved_rate_rps is None else f"{c.achieved_rate_rps:.3g}"
+    return [result.config.label, f"{c.sent}/{c.asked}", achieved,
+            f"{_ms(s.ttft_ms.median)} / {_ms(s.ttft_ms.p99)}", f"{_ms(s.tpot_ms.median)} / {_ms(s.tpot_ms.p99)}",
+            _ms(s.itl_ms.p99), _ms(s.e2el_ms.median), f"{s.output_throughput:.4g}",
+            "-" if s.goodput is None else f"{s.goodput:.3g}", f"{s.error_rate:.0%}"]
 
 
 def summary_table(record: BenchRecord) -> Table:
@@ -91,4 +120,5 @@ def render_summary(records: list[BenchRecord], width: int | None = None) -> list
     if not records:
         return ["no performance test recorded a measurement\n"]
     ordered = sorted(records, key=lambda r: r.test_id)  # pytest-xdist reports in completion order
-    return [f"{r.test_id}\n{_header(r)}\n{render_table(summary_table(r), width)}" for r in ordered]
+    return [f"{r.test_id}\n{_header(r)}\n"
+            f"{render_table(serving_table(r) if r.servings else summary_table(r), width)}" for r in ordered]

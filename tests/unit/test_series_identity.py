@@ -52,8 +52,19 @@ def test_a_load_point_of_other_coordinates_is_a_series_of_its_own() -> None:
 def test_the_history_refuses_coordinates_it_has_no_column_for() -> None:
     from pytest_llmperf.history.series_columns import series_columns
 
-    with pytest.raises(ValueError, match="no column for the load-point coordinates request_rate"):
-        series_columns(replace(QWEN_B8, point=LoadPoint.of(request_rate=2.5)))
+    with pytest.raises(ValueError, match="no column for the load-point coordinates input_rate"):
+        series_columns(replace(QWEN_B8, point=LoadPoint.of(input_rate=2.5)))
+
+
+def test_a_serving_load_point_and_its_workload_round_trip_through_the_columns() -> None:
+    from pytest_llmperf.history.series_columns import SERIES_COLUMNS, series_columns, series_key_from
+
+    serving = replace(QWEN_B8, point=LoadPoint.of(request_rate=2.5), workload="p32o32", metric="p99_ttft_ms")
+    columns = series_columns(serving)
+    assert (columns["request_rate"], columns["workload"], columns["batch_size"]) == (2.5, "p32o32", None)
+    assert series_key_from([columns.get(c) for c in SERIES_COLUMNS]) == serving
+    assert serving.digest() != replace(serving, workload="sharegpt").digest()
+    assert "workload" not in series_columns(QWEN_B8) and "request_rate" not in series_columns(QWEN_B8)
 
 
 @pytest.mark.parametrize(("coordinates", "problem"), [

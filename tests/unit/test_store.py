@@ -562,7 +562,7 @@ def test_v3_file_upgrades_to_v4_with_run_conditions_and_the_clock_lock(tmp_path:
         before = s.recent_results(last=1000)
     monkeypatch.undo()
     with HistoryStore.open(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 5
+        assert s.schema_version() == SCHEMA_VERSION == 6
         assert "conditions" in s.db["runs"].columns_dict and "gpu_clocks_locked" in s.db["environments"].columns_dict
         old = s.run("v3run")
         assert (old["status"], old["conditions"], old["env_fingerprint"]) == ("complete", None, ENV.fingerprint())
@@ -597,7 +597,7 @@ def test_v4_file_upgrades_to_v5_and_keeps_trials_without_inter_token_latencies(
         before = s.recent_results(last=1000)
     monkeypatch.undo()
     with HistoryStore.open(path) as s:
-        assert s.schema_version() == 5
+        assert s.schema_version() == SCHEMA_VERSION
         assert s.recent_results(last=1000) == before
         assert {r["itl_p50_s"] for r in rows(s, "SELECT itl_p50_s FROM trials")} == {None}
         s.start_run("v5run", ENV, CTX)
