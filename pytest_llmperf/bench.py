@@ -71,6 +71,29 @@ class MemoryLimitUnsupported(Exception):
     """A memory limit asked for where it cannot be applied safely; the test is skipped with this reason."""
 
 
+def resolve_for_lease(case: BenchCase, settings: Settings, lease: Lease,
+                      progress: Progress) -> tuple[ResolvedModel, LoadRequest]:
+    """The case's model resolved (built once, or found) for the leased devices, and what loading it asks of a
+    backend or a server: dtype, devices, world size, threads. Raises ModelTooLarge (a skip) or ModelSourceError."""
+    knobs = case.knobs(settings)
+    device = lease.devices[0].name
+    kind = device_kind(device)
+    spec = parse_model_spec(case.model)
+    per_device = device_memory_bytes(device)
+    assert knobs.dtype is not None and knobs.seed is not None
+    model = resolve_model(
+        spec, knobs.dtype, settings.model_cache, seed=knobs.seed, device_kind=kind,
+        device_memory_bytes=None if per_device is None else per_device * len(lease.devices),
+        progress=lambda step: progress.update(f"{spec.model_id}: {step}"),
+    )
+    request = LoadRequest(
+        model.path, model.dtype, device, case.variant, devices=tuple(d.name for d in lease.devices),
+        world_size=case.world_size, cache_dir=settings.model_cache / "derived", gguf_file=model.gguf_file,
+        threads=cpu_threads(len(lease.devices), settings.cpu_slots) if kind == "cpu" else None,
+    )
+    return model, request
+
+
 class Bench:
     def __init__(self, *, test_id: str, case: BenchCase, settings: Settings, model: ResolvedModel,
                  device: str, launcher: Launcher, load: LoadResult, progress: Progress, scratch_dir: Path,
@@ -115,18 +138,7 @@ class Bench:
                 "inside pytest, so it cannot be limited; use a multi-process backend (ds-inference, ds-zero, hf-tp)"
             )
         spec = parse_model_spec(case.model)
-        per_device = device_memory_bytes(device)
-        assert knobs.dtype is not None and knobs.seed is not None
-        model = resolve_model(
-            spec, knobs.dtype, settings.model_cache, seed=knobs.seed, device_kind=kind,
-            device_memory_bytes=None if per_device is None else per_device * len(lease.devices),
-            progress=lambda step: progress.update(f"{spec.model_id}: {step}"),
-        )
-        request = LoadRequest(
-            model.path, model.dtype, device, case.variant, devices=tuple(d.name for d in lease.devices),
-            world_size=case.world_size, cache_dir=settings.model_cache / "derived", gguf_file=model.gguf_file,
-            threads=cpu_threads(len(lease.devices), settings.cpu_slots) if kind == "cpu" else None,
-        )
+        model, request = resolve_for_lease(case, settings, lease, progress)
         implementation = backend_class(case.backend)
         refuse = getattr(implementation, "unavailable_reason", None)
         reason = refuse(request, model.config) if refuse is not None else None

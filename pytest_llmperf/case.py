@@ -20,8 +20,8 @@ from pytest_llmperf.settings import DEFAULT_KNOBS, KNOB_NAMES, Knobs, Settings, 
 MARKER = "llmperf"
 MARKER_HELP = (
     "llmperf(model=, backend=, variant=, world_size=, budgets=, trials=, warmups=, batch_sizes=, prompt_tokens=, "
-    "new_tokens=, prompts=, dtype=, device=, seed=, memory_headroom=, min_effect=, accept_regression=): a performance "
-    "test of an LLM; every argument is optional"
+    "new_tokens=, prompts=, workload=, dtype=, device=, seed=, memory_headroom=, min_effect=, accept_regression=): "
+    "a performance test of an LLM; every argument is optional"
 )
 ALLOWED_ARGS = ("model", "backend", "variant", "world_size", "budgets", *KNOB_NAMES, "min_effect", "accept_regression")
 

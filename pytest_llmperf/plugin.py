@@ -244,6 +244,33 @@ def llm(request: pytest.FixtureRequest, llmperf_case: BenchCase, llmperf_lease: 
         bench.close()
 
 
+@pytest.fixture
+def llm_server(request: pytest.FixtureRequest, llmperf_case: BenchCase,
+               llmperf_lease: Any) -> Generator[Any, None, None]:
+    """A real inference server for the case's model and engine (llama-cpp, vllm) on the leased devices, or the
+    endpoint of --llmperf-server-url (backend external); call ``llm_server.serve(request_rate=...)``."""
+    from pytest_llmperf.backends.base import BackendUnavailable
+    from pytest_llmperf.models.sources import ModelSourceError, ModelTooLarge
+    from pytest_llmperf.serving.errors import ServerFailed
+    from pytest_llmperf.serving.server_bench import ServerBench, safe_log_name
+
+    config = request.config
+    settings = config.stash[SETTINGS]
+    try:
+        bench = ServerBench.open(test_id=request.node.nodeid, case=llmperf_case, settings=settings,
+                                 lease=llmperf_lease, progress=_progress(config),
+                                 log=settings.db_path.parent / "server-logs" / safe_log_name(request.node.nodeid))
+    except (ModelTooLarge, BackendUnavailable) as e:
+        pytest.skip(str(e))
+    except (ModelSourceError, ServerFailed) as e:
+        raise pytest.fail.Exception(str(e), pytrace=False) from None
+    request.node.stash[BENCH] = bench
+    try:
+        yield bench
+    finally:
+        bench.close()
+
+
 def _progress(config: pytest.Config) -> Any:
     from pytest_llmperf.progress import NullProgress, TerminalProgress
 
@@ -261,18 +288,26 @@ def _progress(config: pytest.Config) -> Any:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     from pytest_llmperf.launch.distributed import RankFailed
+    from pytest_llmperf.serving.errors import RequestsFailed, ServerFailed
 
     try:
         result = yield
-    except RankFailed as e:  # its message says all; a traceback through the launcher would hide it
+    except (RankFailed, ServerFailed, RequestsFailed) as e:  # its message says all; a traceback would hide it
         raise pytest.fail.Exception(str(e), pytrace=False) from None
     bench = item.stash.get(BENCH, None)
     if bench is not None:
         from pytest_llmperf.budgets import check_budgets, describe_miss
+        from pytest_llmperf.serving.server_bench import ServerBench
 
-        max_batch = item.config.stash[SETTINGS].max_batch
-        if max_batch:
-            bench.search_max_batch(max_batch)
+        settings = item.config.stash[SETTINGS]
+        try:
+            if isinstance(bench, ServerBench):
+                if settings.max_rate_rps:
+                    bench.search_max_rate(settings.max_rate_rps)
+            elif settings.max_batch:
+                bench.search_max_batch(settings.max_batch)
+        except (ServerFailed, RequestsFailed) as e:
+            raise pytest.fail.Exception(str(e), pytrace=False) from None
         measured = bench.record()
         record = replace(measured, budget_checks=check_budgets(bench.case.budgets, measured))
         item.stash[RECORD] = record

@@ -197,6 +197,10 @@ class LoadGeneratorReport:
     #: the worst lateness of a send against its schedule (0 for a closed loop)
     max_send_lag_s: float
     max_in_flight: int
+    #: the rate of the schedule itself, (requests - 1) / its span: a seeded Poisson schedule of a few dozen
+    #: requests is itself some way off the asked rate, and the sends are to be judged against it (None for a
+    #: closed loop)
+    planned_rate_rps: float | None = None
 
 
 @dataclass(frozen=True)

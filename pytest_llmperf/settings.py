@@ -8,6 +8,7 @@ command line > marker > ini file > built-in default (``resolve_knobs``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.backends import BACKEND_IDS
+from pytest_llmperf.backends import BACKEND_IDS, ENDPOINT_BACKENDS
 from pytest_llmperf.budgets import Budget, parse_budget_text
 from pytest_llmperf.models.dtypes import parse_dtype
 from pytest_llmperf.models.spec import parse_model_spec
@@ -69,6 +70,13 @@ def prompt_set(text: str) -> str:
     if value not in PROMPT_SETS:
         raise ValueError(f"expected one of {', '.join(PROMPT_SETS)}, got {text!r}")
     return value
+
+
+def workload_label(text: str) -> str:
+    """A serving workload's label (``p32o32``, ``sharegpt-max512``), checked and written as the workload's own."""
+    from pytest_llmperf.serving.workloads import parse_workload
+
+    return parse_workload(text.strip()).label
 
 
 def dtype(text: str) -> str:
@@ -181,6 +189,34 @@ def budget_text(text: str) -> tuple[Budget, ...]:
     return parse_budget_text(text)
 
 
+def slo_text(text: str) -> tuple[tuple[str, float], ...]:
+    """``"ttft_ms=200 tpot_ms=50"`` -> SLO pairs (none for "")."""
+    from pytest_llmperf.serving.request_metrics import parse_slo
+
+    return tuple(parse_slo(text).items())
+
+
+def server_url(text: str) -> str | None:
+    """An http(s) URL of an OpenAI-compatible server, without a trailing slash; None for ""."""
+    text = text.strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", text):
+        raise ValueError(f"expected the server's base URL, e.g. 'http://127.0.0.1:8000', got {text!r}")
+    return text.rstrip("/")
+
+
+def rate_limit(text: str) -> float:
+    """A request rate in requests per second, >= 0 (0: no search)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"expected a request rate in requests per second (0: no search), got {text!r}")
+    return value
+
+
 def ab_tag(text: str) -> tuple[str, str] | None:
     if not text.strip():
         return None
@@ -271,14 +307,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("model_cache", str, _default_model_cache(), "where synthetic models are built once and kept", "DIR"),
     Option("models", model_list, "synthetic:bloom-tiny,synthetic:llama-tiny",
            "models for performance tests whose marker names none", "LIST"),
-    Option("backends", backend_list, ",".join(BACKEND_IDS), "backends for performance tests whose marker names none",
-           "LIST"),
+    Option("backends", backend_list, ",".join(b for b in BACKEND_IDS if b not in ENDPOINT_BACKENDS),
+           "backends for performance tests whose marker names none", "LIST"),
     Option("batch_sizes", batch_sizes, "1,8,32", "batch sizes a sweep measures", "LIST", INTS),
     Option("prompt_tokens", positive_int, "32", "prompt length in tokens", "N", INT),
     Option("new_tokens", new_tokens, "100", "tokens generated per sequence (>= 2)", "N", INT),
     Option("prompts", prompt_set, "random",
            "prompt set: random (seeded token ids) or text (the shipped passages, through the model's tokenizer)",
            "SET", TEXT),
+    Option("workload", workload_label, "p32o32",
+           "serving: the requests of a load point, e.g. p32o32, p16-64o8-32, sharegpt-max512, prefix16-p64o32, "
+           "p32o32+text (see docs/serving-workloads.md)", "LABEL", TEXT),
     Option("trials", positive_int, "5", "measured trials per batch size", "N", INT),
     Option("warmups", non_negative_int, "1", "unmeasured warm-up generates per batch size", "N", INT),
     Option("dtype", dtype, "auto", "float32, float16, bfloat16 or auto (bfloat16 on CUDA, float32 on CPU)", "DTYPE",
@@ -313,6 +352,16 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a rank may take over one command (load, generate) before its group is torn down", "S"),
     Option("max_batch", non_negative_int, "0",
            "search for the largest batch that fits, up to N (doubling, then bisection); 0: no search", "N"),
+    Option("slo", slo_text, "",
+           "serving SLOs a request must meet to count toward goodput, and the target of the --llmperf-max-rate "
+           "search, e.g. 'ttft_ms=200 tpot_ms=50' (ttft_ms, tpot_ms, e2el_ms)", "SPEC"),
+    Option("max_rate", rate_limit, "0",
+           "serving: search for the largest request rate, up to N req/s, whose p99 TTFT and TPOT meet the SLO; "
+           "0: no search", "N"),
+    Option("server_url", server_url, "",
+           "an OpenAI-compatible server someone else runs (TGI, SGLang, a deployment), measured by serving tests "
+           "whose backend is 'external'", "URL"),
+    Option("server_timeout", seconds, "600", "seconds a serving test's server may take to answer", "S"),
     Option("progress", progress_mode, "auto", "progress display: auto (a terminal, not CI, not -q), on, off",
            "MODE"),
 )
@@ -329,6 +378,8 @@ class Knobs:
     prompt_tokens: int | None = None
     new_tokens: int | None = None
     prompts: str | None = None
+    #: a serving workload's label
+    workload: str | None = None
     dtype: str | None = None
     device: str | None = None
     seed: int | None = None
@@ -410,6 +461,13 @@ class Settings:
     report_dir: Path | None = None
     #: (group, side) of an A/B run, set by ``llmperf ab``
     ab: tuple[str, str] | None = None
+    #: serving: the SLOs of goodput and of the max-rate search, (metric, milliseconds)
+    slo: tuple[tuple[str, float], ...] = ()
+    #: serving: the upper end of the max-rate search (0: none)
+    max_rate_rps: float = 0.0
+    #: serving: an endpoint someone else runs, for backend "external"
+    server_url: str | None = None
+    server_timeout_s: float = 600.0
 
     @classmethod
     def from_sources(cls, *, enabled: bool, cli: Mapping[str, Any], ini: Mapping[str, str | None],
@@ -459,5 +517,9 @@ class Settings:
             baseline_runs=pick("baseline_runs"),
             report_dir=_rooted(pick("report_dir"), rootdir),
             ab=pick("ab") or None,
+            slo=pick("slo"),
+            max_rate_rps=pick("max_rate"),
+            server_url=pick("server_url"),
+            server_timeout_s=pick("server_timeout"),
             ini_min_effect=ini_values.get("min_effect", ()),
         )

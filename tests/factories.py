@@ -6,17 +6,17 @@ from pytest_llmperf.results import (
     BenchRecord,
     GenerateConfig,
     GenerateResult,
+    LoadGeneratorReport,
     LoadResult,
     MemoryPeak,
     ModelIdentity,
-    LoadGeneratorReport,
     PageCache,
     ServingConfig,
     ServingResult,
     Trial,
 )
-from pytest_llmperf.serving.request_metrics import RequestRecord, ServingSummary
 from pytest_llmperf.series import LoadPoint, SeriesKey
+from pytest_llmperf.serving.request_metrics import RequestRecord, ServingSummary
 
 
 def make_generate(batch: int, e2e_s: float, ttft_s: float = 0.01, outcome: str = "ok") -> GenerateResult:

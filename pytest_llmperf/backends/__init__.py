@@ -54,7 +54,12 @@ REGISTRY: dict[str, BackendEntry] = {
     ),
     # vLLM's engine in a process of its own, under vLLM's own Python; tensor parallel over the leased GPUs
     "vllm": BackendEntry("pytest_llmperf.backends.vllm:VllmBackend", variants=("compiled", "eager")),
+    # a server someone else runs (--llmperf-server-url): measured by serving tests only, never loaded here
+    "external": BackendEntry("pytest_llmperf.serving.external:ExternalEndpoint", max_world_size=1),
 }
+
+#: backends that are endpoints to measure, not engines to load: not in the default backend list
+ENDPOINT_BACKENDS = ("external",)
 BACKEND_IDS: tuple[str, ...] = tuple(REGISTRY)
 
 

@@ -86,10 +86,9 @@ class LlamaCppBackend:
                 f"backend llama-cpp needs the Python package 'xllamacpp', which is not installed ({INSTALL_HINT})"
             ) from e
         self._device = request.device
-        gguf_file = _gguf_for(request, span)
-        f32 = _variant(request) == "f32" or (_variant(request) == "auto" and request.gguf_file is None)
+        gguf_file = gguf_for(request, span)
         params = server_params(gguf_file, threads=request.threads or os.cpu_count() or 1, device=request.device,
-                               float32_kv_cache=f32)
+                               float32_kv_cache=float32_kv_cache(request))
         with span("load"):
             check_gguf_file(gguf_file)
             try:
@@ -264,7 +263,13 @@ def _variant(request: LoadRequest) -> str:
     return variant
 
 
-def _gguf_for(request: LoadRequest, span: PhaseSpan) -> Path:
+def float32_kv_cache(request: LoadRequest) -> bool:
+    """float32 weights get a float32 KV cache (llama.cpp's default is float16): float32 throughout, as hf."""
+    variant = _variant(request)
+    return variant == "f32" or (variant == "auto" and request.gguf_file is None)
+
+
+def gguf_for(request: LoadRequest, span: PhaseSpan) -> Path:
     """The GGUF file of this request's variant: the source's own, or one written from the checkpoint."""
     from pytest_llmperf.models.gguf_writer import UnsupportedModel, ensure_gguf, gguf_path
 

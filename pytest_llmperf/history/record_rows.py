@@ -104,7 +104,8 @@ def _serving_rows(record: BenchRecord, serving: ServingResult, devices: str | No
     detail = {"requests": c.requests, "warmup_requests": c.warmup_requests, "burstiness": c.burstiness,
               "seed": c.seed, "slo": dict(c.slo), "asked": client.asked, "sent": client.sent,
               "completed": serving.summary.completed, "duration_s": serving.summary.duration_s,
-              "achieved_rate_rps": client.achieved_rate_rps, "max_send_lag_s": client.max_send_lag_s,
+              "achieved_rate_rps": client.achieved_rate_rps, "planned_rate_rps": client.planned_rate_rps,
+              "max_send_lag_s": client.max_send_lag_s,
               "max_in_flight": client.max_in_flight, "errors": list(serving.errors)}
     return MeasurementRows(
         row={"kind": "generate", "request_rate": c.request_rate, "concurrency": c.concurrency,

@@ -44,7 +44,8 @@ def _header(record: BenchRecord) -> str:
         phases = " + ".join(f"{name} {seconds:.3g}" for name, seconds in load.phases)
         parts += [
             f"load_s {load.load_s:.3g} ({phases}; page cache {load.page_cache.state})",
-            f"first generate {format_value('first_generate_s', record.first_generate_s)}",
+            *([f"first generate {format_value('first_generate_s', record.first_generate_s)}"]
+              if not record.servings else []),
             f"weights {format_value('weights_bytes', load.weights_bytes)} on {', '.join(load.devices)}",
         ]
     streams = max((g.streams for g in record.generates), default=1)
@@ -73,7 +74,7 @@ def _ms(value: float | None) -> str:
 def serving_table(record: BenchRecord) -> Table:
     """One row per serving load point: what the generator sent, vLLM-style latencies, throughput, goodput."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("load point", "sent/asked", "achieved req/s", "ttft_ms p50/p99", "tpot_ms p50/p99",
+    for column in ("load point", "sent/asked", "req/s sent/planned", "ttft_ms p50/p99", "tpot_ms p50/p99",
                    "itl_ms p99", "e2el_ms p50", "output tok/s", "goodput", "errors", "budgets"):
         table.add_column(column, justify="left" if column in ("load point", "budgets") else "right",
                          no_wrap=column != "budgets")
@@ -87,6 +88,8 @@ def serving_table(record: BenchRecord) -> Table:
 def _serving_cells(result: ServingResult) -> list[str]:
     s, c = result.summary, result.client
     achieved = "-" if c.achieved_rate_rps is None else f"{c.achieved_rate_rps:.3g}"
+    if c.planned_rate_rps is not None:
+        achieved += f" / {c.planned_rate_rps:.3g}"
     return [result.config.label, f"{c.sent}/{c.asked}", achieved,
             f"{_ms(s.ttft_ms.median)} / {_ms(s.ttft_ms.p99)}", f"{_ms(s.tpot_ms.median)} / {_ms(s.tpot_ms.p99)}",
             _ms(s.itl_ms.p99), _ms(s.e2el_ms.median), f"{s.output_throughput:.4g}",

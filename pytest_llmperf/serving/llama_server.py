@@ -13,6 +13,11 @@ from pathlib import Path
 
 from pytest_llmperf.backends.llama_cpp import server_params
 
+#: the lines that end the start-up phases "process start" (Python and xllamacpp imported) and "weights"
+#: (the model loaded and the HTTP server started)
+LOADING = "llama.cpp server: loading weights from"
+SERVING = "llama.cpp server: serving"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -27,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"{LOADING} {args.model}", flush=True)
     server = xllamacpp.Server(server_params(args.model, threads=args.threads, device=args.device,
                                             float32_kv_cache=args.float32_kv_cache, port=args.port))
-    print(f"llama.cpp server serving {args.model} at {server.listening_address}", flush=True)
+    print(f"{SERVING} {args.model} at {server.listening_address}", flush=True)
     stop.wait()
     del server
     return 0

@@ -20,7 +20,10 @@ def llama_cpp_server(gguf_file: Path, *, port: int, threads: int, device: str = 
             str(port), "--threads", str(threads), "--device", device]
     if float32_kv_cache:
         argv.append("--float32-kv-cache")
-    return ServerCommand(argv=tuple(argv), port=port, ready_path="/health", name="llama.cpp's server")
+    from pytest_llmperf.serving.llama_server import LOADING, SERVING
+
+    return ServerCommand(argv=tuple(argv), port=port, ready_path="/health", name="llama.cpp's server",
+                         milestones=(("process start", f"^{LOADING}"), ("weights", f"^{SERVING}")))
 
 
 def vllm_server(request: LoadRequest, *, port: int, cache_dir: Path, eager: bool = False) -> ServerCommand:
@@ -39,6 +42,8 @@ def vllm_server(request: LoadRequest, *, port: int, cache_dir: Path, eager: bool
     if eager:
         argv.append("--enforce-eager")
     return ServerCommand(argv=tuple(argv), port=port, ready_path="/health", name="vLLM's OpenAI server",
+                         # its first line comes once vLLM is imported; its model runner logs the weights' load
+                         milestones=(("process start", "."), ("weights", "Loading weights took|Model loading took")),
                          env=tuple(sorted((k, v) for k, v in env.items() if k.startswith(("VLLM_", "OMP_", "TORCH",
                                                                                           "TRITON", "CUDA_", "HF_",
                                                                                           "PYTHONPATH", "DO_NOT")))))

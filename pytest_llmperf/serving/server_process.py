@@ -18,14 +18,13 @@ from pathlib import Path
 
 from pytest_llmperf.launch.distributed import tail
 from pytest_llmperf.launch.exec_tied import tied_argv
+from pytest_llmperf.serving.errors import ServerFailed
+
+__all__ = ["ServerCommand", "ServerFailed", "ServerProcess"]
 
 #: seconds a stopping server has after SIGTERM before its process group is killed
 STOP_WAIT_S = 10.0
 LOG_LINES = 30
-
-
-class ServerFailed(Exception):
-    """The server exited, or did not become ready in time; the message quotes its log."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,9 @@ class ServerCommand:
     env: tuple[tuple[str, str], ...] = ()
     #: what the server is, for messages ("llama.cpp's server", "vLLM's OpenAI server")
     name: str = "the server"
+    #: start-up phases before "ready", each ending when the server's log first shows a line matching its
+    #: regular expression (a phase whose line never shows is folded into the next)
+    milestones: tuple[tuple[str, str], ...] = ()
 
     @property
     def url(self) -> str:
@@ -68,40 +70,65 @@ class ServerProcess:
     @classmethod
     def start(cls, command: ServerCommand, log: Path, *, timeout_s: float,
               extra_env: Mapping[str, str] | None = None) -> ServerProcess:
-        """Start the server and wait until it answers; phases "process start" and "ready" time it."""
+        """Start the server and wait until it answers. Its phases: the command's milestones (each ending at
+        its log line), then "ready" (until the ready path answers 200)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **dict(command.env), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        start_offset = log.stat().st_size if log.exists() else 0
         started = time.perf_counter()
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 tied_argv(command.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # its own process group: Ctrl-C reaches pytest, which stops the server
             )
-        spawned = time.perf_counter()
         server = cls(command, process, log, [])
+        watch = _LogWatch(log, start_offset, command.milestones)
         try:
-            server._wait_ready(timeout_s - (spawned - started))
+            server._wait_ready(timeout_s, watch)
         except BaseException:
             server.stop()
             raise
-        server.phases = (("process start", spawned - started), ("ready", time.perf_counter() - spawned))
+        ready = time.perf_counter()
+        marks = [(name, at) for name, at in watch.seen] + [("ready", ready)]
+        phases, since = [], started
+        for name, at in marks:
+            phases.append((name, at - since))
+            since = at
+        server.phases = tuple(phases)
         return server
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _wait_ready(self, timeout_s: float, watch: _LogWatch) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout_s
         while True:
             self.check()
+            watch.poll()
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + self.command.ready_path, timeout=2.0).status_code == 200:
+                    watch.poll()
                     return
             if time.monotonic() > deadline:
                 raise ServerFailed(
                     f"{self.command.name} (pid {self.pid}) did not answer GET {self.url}{self.command.ready_path} "
                     f"within {timeout_s:.0f} s; its last output lines ({self.log}):\n{tail(self.log, LOG_LINES)}"
                 )
-            time.sleep(0.2)
+            time.sleep(0.05)
+
+    def peak_rss_bytes(self) -> int:
+        """The peak resident set size of the server's processes so far (VmHWM), summed over its process group."""
+        total = 0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # the fields after the command's closing parenthesis: state, ppid, pgrp, ...
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != self._process.pid:
+                    continue
+                for line in (proc / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+        return total
 
     def check(self) -> None:
         """ServerFailed, with the log's tail, when the server has exited."""
@@ -121,6 +148,37 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait()
+
+
+class _LogWatch:
+    """Reads the lines a starting server writes and notes when each milestone's line first shows."""
+
+    def __init__(self, log: Path, offset: int, milestones: tuple[tuple[str, str], ...]):
+        import re
+
+        self._log = log
+        self._offset = offset
+        self._pending = [(name, re.compile(pattern)) for name, pattern in milestones]
+        self._partial = b""
+        self.seen: list[tuple[str, float]] = []
+
+    def poll(self) -> None:
+        if not self._pending:
+            return
+        now = time.perf_counter()
+        with open(self._log, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            text = line.decode(errors="replace")
+            for i, (name, pattern) in enumerate(self._pending):
+                if pattern.search(text):
+                    # a later milestone seen first ends every earlier one at the same moment: they are folded
+                    self.seen.append((name, now))
+                    del self._pending[: i + 1]
+                    break
 
 
 def _group_alive(pgid: int) -> bool:

@@ -34,16 +34,17 @@ def test_llama_cpp_s_server_starts_serves_a_load_and_stops(synthetic_cache, tmp_
     pytest.importorskip("xllamacpp", reason="llama.cpp's server comes with xllamacpp: "
                                              "pip install 'pytest-llmperf[llama-cpp]'")
     from pytest_llmperf.models.gguf_writer import ensure_gguf
+    from pytest_llmperf.serving.presets import llama_cpp_server
 
     checkpoint = ensure_synthetic(parse_model_spec("synthetic:llama-tiny"), "float32", synthetic_cache)
     gguf, _ = ensure_gguf(checkpoint, "f32", tmp_path / "gguf")
     port = free_port()
-    command = ServerCommand(argv=(sys.executable, "-m", "pytest_llmperf.serving.llama_server", "--model", str(gguf),
-                                  "--port", str(port), "--threads", "1", "--float32-kv-cache"),
-                            port=port, name="llama.cpp's server")
+    command = llama_cpp_server(gguf, port=port, threads=1, float32_kv_cache=True)
     server = ServerProcess.start(command, tmp_path / "server.log", timeout_s=120)
     try:
-        assert [name for name, _ in server.phases] == ["process start", "ready"] and server.load_s > 0
+        # each phase ends at its line in the server's log, the last when it answers
+        assert [name for name, _ in server.phases] == ["process start", "weights", "ready"] and server.load_s > 0
+        assert server.peak_rss_bytes() > 10 * 2**20  # Python, llama.cpp and the model, in the server's process
         completions = [Completion(prompt_ids=tuple(range(20, 36)), output_tokens=6)] * 4
         run = run_load(server.url, "tiny", completions, OpenLoop(rate_rps=20.0, requests=4))
         assert all(r.error is None and r.output_tokens == 6 for r in run.records)
@@ -51,7 +52,7 @@ def test_llama_cpp_s_server_starts_serves_a_load_and_stops(synthetic_cache, tmp_
     finally:
         server.stop()
     assert _gone(server.pid)
-    assert "llama.cpp server serving" in (tmp_path / "server.log").read_text()  # the log is kept
+    assert "llama.cpp server: serving" in (tmp_path / "server.log").read_text()  # the log is kept
 
 
 def test_a_killed_server_fails_with_its_log(tmp_path) -> None:

@@ -30,7 +30,27 @@ def test_defaults():
     assert settings.backends == ("hf", "accelerate", "ds-inference", "ds-zero", "hf-tp", "llama-cpp", "vllm")
     assert settings.world_sizes is None and settings.max_batch == 0
     assert Knobs(trials=5, warmups=1, batch_sizes=(1, 8, 32), prompt_tokens=32, new_tokens=100, prompts="random",
-                                  dtype="auto", device="auto", seed=0) == DEFAULT_KNOBS
+                 workload="p32o32", dtype="auto", device="auto", seed=0) == DEFAULT_KNOBS
+    assert settings.slo == () and settings.max_rate_rps == 0 and settings.server_url is None
+
+
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("slo", "ttft=200", "expected <metric>=<milliseconds>"),
+    ("slo", "ttft_ms=-1", "positive number of milliseconds"),
+    ("server_url", "127.0.0.1:8000", "the server's base URL"),
+    ("max_rate", "-2", "requests per second"),
+    ("workload", "p32", "p<P>o<O>|expected|workload"),
+])
+def test_a_bad_serving_option_names_the_option_and_the_fix(name: str, text: str, problem: str) -> None:
+    with pytest.raises(SettingsError, match=rf"llmperf_{name} = .*({problem})"):
+        _settings(ini={name: text})
+
+
+def test_serving_options_are_parsed() -> None:
+    settings = _settings(ini={"slo": "ttft_ms=200 tpot_ms=50", "server_url": "http://10.0.0.2:8000/",
+                              "max_rate": "32", "workload": "sharegpt-max512"})
+    assert settings.slo == (("ttft_ms", 200.0), ("tpot_ms", 50.0)) and settings.max_rate_rps == 32.0
+    assert settings.server_url == "http://10.0.0.2:8000" and settings.ini.workload == "sharegpt-max512"
 
 
 def test_ini_values_are_parsed_and_command_line_wins():
