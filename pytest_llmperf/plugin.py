@@ -230,18 +230,11 @@ def llm(request: pytest.FixtureRequest, llmperf_case: BenchCase, llmperf_lease: 
     from pytest_llmperf.models.sources import ModelSourceError, ModelTooLarge
 
     config = request.config
-    try:
-        bench = Bench.open(test_id=request.node.nodeid, case=llmperf_case, settings=config.stash[SETTINGS],
-                           lease=llmperf_lease, progress=_progress(config))
-    except (ModelTooLarge, BackendUnavailable, MemoryLimitUnsupported) as e:
-        pytest.skip(str(e))
-    except (ModelSourceError, RankFailed) as e:
-        raise pytest.fail.Exception(str(e), pytrace=False) from None
-    request.node.stash[BENCH] = bench
-    try:
-        yield bench
-    finally:
-        bench.close()
+    yield from _held(request, lambda: Bench.open(test_id=request.node.nodeid, case=llmperf_case,
+                                                 settings=config.stash[SETTINGS], lease=llmperf_lease,
+                                                 progress=_progress(config)),
+                     skip=(ModelTooLarge, BackendUnavailable, MemoryLimitUnsupported),
+                     fail=(ModelSourceError, RankFailed))
 
 
 @pytest.fixture
@@ -256,13 +249,22 @@ def llm_server(request: pytest.FixtureRequest, llmperf_case: BenchCase,
 
     config = request.config
     settings = config.stash[SETTINGS]
+    log = settings.db_path.parent / "server-logs" / safe_log_name(request.node.nodeid)
+    yield from _held(request, lambda: ServerBench.open(test_id=request.node.nodeid, case=llmperf_case,
+                                                       settings=settings, lease=llmperf_lease,
+                                                       progress=_progress(config), log=log),
+                     skip=(ModelTooLarge, BackendUnavailable), fail=(ModelSourceError, ServerFailed))
+
+
+def _held(request: pytest.FixtureRequest, open_bench: Callable[[], Any], *, skip: tuple[type[Exception], ...],
+          fail: tuple[type[Exception], ...]) -> Generator[Any, None, None]:
+    """A fixture's bench, opened (``skip``: the test is skipped with the reason; ``fail``: it fails with the
+    message alone), kept for the budgets and the history while the test runs, and closed after it."""
     try:
-        bench = ServerBench.open(test_id=request.node.nodeid, case=llmperf_case, settings=settings,
-                                 lease=llmperf_lease, progress=_progress(config),
-                                 log=settings.db_path.parent / "server-logs" / safe_log_name(request.node.nodeid))
-    except (ModelTooLarge, BackendUnavailable) as e:
+        bench = open_bench()
+    except skip as e:
         pytest.skip(str(e))
-    except (ModelSourceError, ServerFailed) as e:
+    except fail as e:
         raise pytest.fail.Exception(str(e), pytrace=False) from None
     request.node.stash[BENCH] = bench
     try:

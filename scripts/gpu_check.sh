@@ -68,4 +68,5 @@ echo "gpu_check: engines finished in $(( $(date +%s) - start )) s with exit stat
 "$PY" -m pytest_llmperf.cli history --db "$db" --last 200 --metric load_s
 "$PY" -m pytest_llmperf.cli history --db "$db" --last 200 --metric ttft_ms
 "$PY" -m pytest_llmperf.cli history --db "$db" --last 200 --metric token_agreement
+"$PY" -m pytest_llmperf.cli history --db "$db" --last 200 --metric p99_ttft_ms
 exit $status

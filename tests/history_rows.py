@@ -27,3 +27,10 @@ def file_rows(path: str | Path, sql: str) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(sql).fetchall()]
     finally:
         conn.close()
+
+
+def results_snapshot(store: HistoryStore) -> list[dict[str, Any]]:
+    """Every result's identity and values, by columns every schema version has (older files are read before they
+    are upgraded)."""
+    return rows(store, "SELECT run_id, series_key, test_id, metric, value, q1, q3, cv, n, budget_outcome "
+                       "FROM results ORDER BY id")

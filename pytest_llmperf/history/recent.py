@@ -39,6 +39,21 @@ class ResultRow:
     #: the measurement's outcome: "ok" or "oom"
     outcome: str
     budget_outcome: str | None
+    #: a serving load point's coordinates and workload (None for every other result)
+    request_rate: float | None = None
+    concurrency: int | None = None
+    workload: str | None = None
+
+    @property
+    def point_label(self) -> str:
+        """"8" for a batch size, "request_rate=4 p32o32" for a serving load point, "-" for neither."""
+        if self.batch_size is not None:
+            return str(self.batch_size)
+        if self.workload is None:
+            return "-"
+        if self.request_rate is not None:
+            return f"request_rate={self.request_rate:g} {self.workload}"
+        return f"concurrency={self.concurrency} {self.workload}"
 
 
 _FIELDS = tuple(ResultRow.__dataclass_fields__)
@@ -46,7 +61,7 @@ _SELECT = """
 SELECT runs.id, runs.started_at, runs.status, runs.git_commit, runs.git_branch,
        res.test_id, res.model_id, res.backend, res.variant, res.dtype, res.world_size,
        res.batch_size, res.metric, res.unit, res.value, res.q1, res.q3, res.cv, res.n,
-       m.outcome, res.budget_outcome
+       m.outcome, res.budget_outcome, res.request_rate, res.concurrency, res.workload
 FROM results res
 JOIN measurements m ON m.id = res.measurement_id
 JOIN runs ON runs.id = res.run_id

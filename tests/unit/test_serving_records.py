@@ -16,7 +16,7 @@ from pytest_llmperf.report.junit import junit_properties
 from pytest_llmperf.report.terminal import render_summary
 from pytest_llmperf.results import BenchRecord
 from tests.factories import GPU_ENV, make_generate, make_record, make_server_record, make_serving, run_context
-from tests.history_rows import rows
+from tests.history_rows import results_snapshot, rows
 
 
 def test_a_load_point_reports_every_latency_statistic_by_vllms_names() -> None:
@@ -86,11 +86,11 @@ def test_a_v5_history_upgrades_to_v6_and_keeps_its_series(tmp_path: Path, monkey
     with HistoryStore.open(path) as store:
         store.start_run("v5", GPU_ENV, run_context())
         store.record_test("v5", make_record(make_generate(8, 1.0)), test_outcome="passed")
-        before = store.recent_results(last=1000)
+        before = results_snapshot(store)
     monkeypatch.undo()
     with HistoryStore.open(path) as store:
         assert store.schema_version() == 6
-        assert store.recent_results(last=1000) == before
+        assert results_snapshot(store) == before
         store.start_run("v6", GPU_ENV, run_context())
         store.record_test("v6", make_server_record(make_serving(2.0)), test_outcome="passed")
         assert series_samples(store, ["v6"], ["p99_ttft_ms"])

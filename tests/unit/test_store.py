@@ -36,7 +36,7 @@ from pytest_llmperf.results import (
 from pytest_llmperf.series import LoadPoint, SeriesKey
 from tests.factories import CPU_ENV, LLAMA, QWEN, run_context
 from tests.factories import GPU_ENV as ENV
-from tests.history_rows import count, rows
+from tests.history_rows import count, results_snapshot, rows
 
 CTX = run_context(argv=("pytest", "tests/perf", "-n", "4"))
 
@@ -525,7 +525,7 @@ def test_extra_migration_upgrades_a_v1_file_and_keeps_data(tmp_path: Path, monke
     with HistoryStore.open(path) as s:
         s.start_run("r1", ENV, CTX)
         s.record_test("r1", make_record(), test_outcome="passed")
-        before = s.recent_results(last=1000)
+        before = results_snapshot(s)
 
     calls: list[int] = []
 
@@ -538,7 +538,7 @@ def test_extra_migration_upgrades_a_v1_file_and_keeps_data(tmp_path: Path, monke
     with HistoryStore.open(path) as s:
         assert s.schema_version() == SCHEMA_VERSION + 1
         assert s.run("r1")["note"] == "migrated"
-        assert s.recent_results(last=1000) == before
+        assert results_snapshot(s) == before
         for table, n in EXPECTED_COUNTS.items():
             assert count(s, table) == n, table
     with HistoryStore.open(path):
@@ -559,14 +559,14 @@ def test_v3_file_upgrades_to_v4_with_run_conditions_and_the_clock_lock(tmp_path:
         s.start_run("v3run", ENV, CTX)  # an environment without the new field writes to a v3 file as before
         s.record_test("v3run", _without_itl(make_record()), test_outcome="passed")
         s.finish_run("v3run", "complete")
-        before = s.recent_results(last=1000)
+        before = results_snapshot(s)
     monkeypatch.undo()
     with HistoryStore.open(path) as s:
         assert s.schema_version() == SCHEMA_VERSION == 6
         assert "conditions" in s.db["runs"].columns_dict and "gpu_clocks_locked" in s.db["environments"].columns_dict
         old = s.run("v3run")
         assert (old["status"], old["conditions"], old["env_fingerprint"]) == ("complete", None, ENV.fingerprint())
-        assert s.recent_results(last=1000) == before
+        assert results_snapshot(s) == before
         unlocked = replace(ENV, gpu_clocks_locked=False)
         cpu = CpuConditions(affinity=(0,), governors=None, frequency_mhz=None,
                             thread_variables=dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -594,11 +594,11 @@ def test_v4_file_upgrades_to_v5_and_keeps_trials_without_inter_token_latencies(
         s.start_run("v4run", ENV, CTX)
         s.record_test("v4run", _without_itl(make_record()), test_outcome="passed")
         s.finish_run("v4run", "complete")
-        before = s.recent_results(last=1000)
+        before = results_snapshot(s)
     monkeypatch.undo()
     with HistoryStore.open(path) as s:
         assert s.schema_version() == SCHEMA_VERSION
-        assert s.recent_results(last=1000) == before
+        assert results_snapshot(s) == before
         assert {r["itl_p50_s"] for r in rows(s, "SELECT itl_p50_s FROM trials")} == {None}
         s.start_run("v5run", ENV, CTX)
         s.record_test("v5run", make_record(), test_outcome="passed")
