@@ -143,3 +143,17 @@ def pages(history: History) -> dict[str, list[Series]]:
         if id(s) not in placed:
             by_page[s.page].append(s)
     return dict(by_page)
+
+
+def row_pages(by_page: dict[str, list[Series]]) -> dict[tuple[str, str], str]:
+    """(series key, branch) -> the page its overview row links to: the page the series is on, and for a load
+    metric, which is on every page of its test, the page of the test's smallest batch size."""
+    def place(page: str) -> tuple[object, ...]:
+        holder = next((s.subject for s in by_page[page] if s.subject.point.batch_size is not None), None)
+        return (holder is None or holder.point.batch_size is None, holder.point.batch_size or 0 if holder else 0, page)
+
+    out: dict[tuple[str, str], str] = {}
+    for page in sorted(by_page, key=place):
+        for s in by_page[page]:
+            out.setdefault((s.subject.digest(), s.branch), page)
+    return out

@@ -30,7 +30,7 @@ from pytest_llmperf.dashboard.changepoints import (
     ChangePointConfig,
     detect_change_points,
 )
-from pytest_llmperf.dashboard.history import DASHBOARD_METRICS, History, Series, load_history, pages
+from pytest_llmperf.dashboard.history import DASHBOARD_METRICS, History, Series, load_history, pages, row_pages
 from pytest_llmperf.dashboard.recent import RecentShift, recent_shifts
 from pytest_llmperf.gate.verdict import Outcome, worse_change
 from pytest_llmperf.history.errors import DEFAULT_FLAG
@@ -162,17 +162,21 @@ def _recent_flag(shift: RecentShift, history: History) -> str:
             f"{esc(_window(shift))} <code>{esc(_commits(shift, history))}</code></span>")
 
 
-def render_overview(history: History, rows: list[Row], default_branch: str) -> str:
+def render_overview(history: History, rows: list[Row], default_branch: str,
+                    links: dict[tuple[str, str], str] | None = None) -> str:
+    """The overview; ``links``: the page each row links to (``row_pages``), by (series key, branch); a series
+    not in it links to its own page key."""
     body = []
     for row in rows:
         s, subject = row.series, row.series.subject
+        page = (links or {}).get((subject.digest(), s.branch), s.page)
         run = history.runs[s.run_ids[-1]]
         variant = "" if subject.variant == "default" else " " + esc(subject.variant)
         batch = "-" if subject.point.batch_size is None else subject.point.batch_size
         body.append(
             f'<tr data-model="{esc(subject.model_id)}" data-backend="{esc(subject.backend)}" '
             f'data-device="{esc(s.device)}" data-branch="{esc(s.branch)}" data-metric="{esc(subject.metric)}">'
-            f'<td class="test"><a href="series/{esc(s.page)}.html#{esc(s.branch)}" title="{esc(subject.test_id)}">'
+            f'<td class="test"><a href="series/{esc(page)}.html#{esc(s.branch)}" title="{esc(subject.test_id)}">'
             f"{esc(subject.test_id.rsplit('::', 1)[-1])}</a></td>"
             f"<td>{esc(subject.model_id)}</td><td>{esc(subject.backend)}{variant}</td>"
             f'<td class="num">{subject.world_size}</td><td class="num">{batch}</td>'
@@ -320,6 +324,6 @@ def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
                               "y": [_round(v) for v in s.values]} for s in siblings]}
         (out / "data" / f"{page}.js").write_text(f"window.LLMPERF_PAGE={script_json(data)};\n")
         (out / "series" / f"{page}.html").write_text(render_series_page(page, members, siblings))
-    (out / "index.html").write_text(render_overview(history, rows, default_branch))
+    (out / "index.html").write_text(render_overview(history, rows, default_branch, row_pages(by_page)))
     return {"runs": len(history.runs), "series": len(rows), "pages": len(by_page),
             "points": sum(len(s.values) for s in history.series.values())}
