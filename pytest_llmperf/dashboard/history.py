@@ -1,9 +1,12 @@
 """The dashboard's view of the history: every series' values run by run, per branch, with what each run was.
 
 A series is the history's ``SeriesKey``. A dashboard page shows one configuration: the series that differ
-only in their metric (and, for metrics measured once per load, in having no batch size). Runs of
-``llmperf ab`` are left out: they measure pull requests, not the history of a branch. The file is read
-through ``HistoryStore.open_read_only``: checked like any open, and never changed.
+only in their metric (and, for metrics measured once per load, in having no batch size). A generate
+configuration is a batch size; a serving configuration is a load point (a request rate or a concurrency)
+with its workload, one page each, so that an overview row links to the load point it measured and a page's
+address does not move when a test adds or drops load points. Runs of ``llmperf ab`` are left out: they
+measure pull requests, not the history of a branch. The file is read through
+``HistoryStore.open_read_only``: checked like any open, and never changed.
 """
 
 from __future__ import annotations
@@ -20,11 +23,18 @@ from pytest_llmperf.history.gating import history_verdict_outcomes
 from pytest_llmperf.history.runs import branch_runs
 from pytest_llmperf.history.samples import out_of_memory, series_points
 from pytest_llmperf.history.store import HistoryStore
-from pytest_llmperf.measure.metrics import COMPARED_METRICS
+from pytest_llmperf.measure.metrics import COMPARED_METRICS, serving_latency_name
 from pytest_llmperf.series import LoadPoint, SeriesKey
 
 #: the metrics a dashboard shows, in this order: the gated ones
 DASHBOARD_METRICS = COMPARED_METRICS
+#: the statistics of each serving latency that a load point's page draws together over runs, lowest first
+PERCENTILE_STATISTICS = ("median", "p90", "p99")
+#: the serving latencies drawn so
+PERCENTILE_LATENCIES = ("ttft", "tpot")
+#: what those charts read beyond ``DASHBOARD_METRICS`` (p90): not compared by the gate, so no overview row
+CHART_ONLY_METRICS = tuple(name for latency in PERCENTILE_LATENCIES for statistic in PERCENTILE_STATISTICS
+                           if (name := serving_latency_name(statistic, latency)) not in DASHBOARD_METRICS)
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,14 @@ class History:
     oom: frozenset[tuple[str, int | None, str]]
     #: (series key, run id) -> the verdict outcome the gate gave it against the history
     verdicts: dict[tuple[str, str], str]
+    #: (series key, branch) -> a series of ``CHART_ONLY_METRICS``: drawn on its page, not listed
+    chart_only: dict[tuple[str, str], Series] = field(default_factory=dict)
+
+
+def holds_page(subject: SeriesKey) -> bool:
+    """Whether a series is measured at a configuration of its own (a batch size, or a serving load point), rather
+    than once per load (a load metric, which joins the pages of its test)."""
+    return subject.point.batch_size is not None or subject.workload is not None
 
 
 def page_key(subject: SeriesKey) -> str:
@@ -102,17 +120,19 @@ def load_history(path: Path, *, flag: str = DEFAULT_FLAG) -> History:
     with HistoryStore.open_read_only(path, flag=flag) as store:
         runs = _runs(store)
         series: dict[tuple[str, str], Series] = {}
-        for key, found in series_points(store, DASHBOARD_METRICS).items():
+        chart_only: dict[tuple[str, str], Series] = {}
+        for key, found in series_points(store, (*DASHBOARD_METRICS, *CHART_ONLY_METRICS)).items():
             subject = found.subject
             page = page_key(subject)
+            into = chart_only if subject.metric in CHART_ONLY_METRICS else series
             for run_id, value, q1, q3, budget in zip(found.run_ids, found.values, found.q1, found.q3,
                                                       found.budget_limits, strict=True):
                 run = runs[run_id]
-                s = series.get((key, run.branch))
+                s = into.get((key, run.branch))
                 if s is None:
-                    s = series[(key, run.branch)] = Series(subject=subject, page=page, unit=found.unit,
-                                                           env=subject.env_fingerprint, device=run.device,
-                                                           branch=run.branch)
+                    s = into[(key, run.branch)] = Series(subject=subject, page=page, unit=found.unit,
+                                                         env=subject.env_fingerprint, device=run.device,
+                                                         branch=run.branch)
                 s.run_ids.append(run_id)
                 s.values.append(value)
                 s.q1.append(q1)
@@ -121,15 +141,16 @@ def load_history(path: Path, *, flag: str = DEFAULT_FLAG) -> History:
                     s.budget = budget
         oom = frozenset((o.test_id, o.batch_size, o.run_id) for o in out_of_memory(store) if o.run_id in runs)
         verdicts = history_verdict_outcomes(store)
-    return History(runs, series, oom, verdicts)
+    return History(runs, series, oom, verdicts, chart_only)
 
 
 def pages(history: History) -> dict[str, list[Series]]:
-    """page key -> its series (every metric, every branch); a load metric joins every page of its test."""
+    """page key -> its series (every metric, every branch); a load metric joins every page of its test (each
+    batch size's, each serving load point's)."""
     by_page: dict[str, list[Series]] = defaultdict(list)
-    load_series = [s for s in history.series.values() if s.subject.point.batch_size is None]
+    load_series = [s for s in history.series.values() if not holds_page(s.subject)]
     for s in history.series.values():
-        if s.subject.point.batch_size is not None:
+        if holds_page(s.subject):
             by_page[s.page].append(s)
 
     def configuration(s: Series) -> tuple[object, ...]:
@@ -143,3 +164,21 @@ def pages(history: History) -> dict[str, list[Series]]:
         if id(s) not in placed:
             by_page[s.page].append(s)
     return dict(by_page)
+
+
+def row_pages(by_page: dict[str, list[Series]]) -> dict[tuple[str, str], str]:
+    """(series key, branch) -> the page its overview row links to: the page the series is on, and for a load
+    metric, which is on every page of its test, the page of the test's smallest batch size (or, for a serving
+    test, its first load point)."""
+    def place(page: str) -> tuple[object, ...]:
+        holder = next((s.subject for s in by_page[page] if holds_page(s.subject)), None)
+        if holder is None:
+            return (False, 0, "", (), page)
+        return (holder.point.batch_size is None, holder.point.batch_size or 0, holder.workload or "",
+                tuple(holder.point.extra().values()), page)
+
+    out: dict[tuple[str, str], str] = {}
+    for page in sorted(by_page, key=place):
+        for s in by_page[page]:
+            out.setdefault((s.subject.digest(), s.branch), page)
+    return out

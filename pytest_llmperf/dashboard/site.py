@@ -7,7 +7,9 @@ cannot close it. Layout of the output folder::
     index.html              every series with its latest value, change, sparkline and flags (a gate verdict,
                             the latest change point, a recent shift); filters
     series/<page>.html      one configuration: each metric's history, trial spread, budget, change points,
-                            recent shift; the same model's backends side by side
+                            recent shift; the same model's backends side by side. A serving load point's page
+                            also draws its TTFT and TPOT percentiles together over runs, and its test's latency
+                            against throughput for the newest run of each engine (inline SVG)
     data/<page>.js          the points of that page (a script, so that pages work from file:// too); each
                             chart exports its series as CSV or JSON from these, in the browser
     assets/                 uPlot, dashboard.js, dashboard.css
@@ -18,7 +20,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -30,11 +32,22 @@ from pytest_llmperf.dashboard.changepoints import (
     ChangePointConfig,
     detect_change_points,
 )
-from pytest_llmperf.dashboard.history import DASHBOARD_METRICS, History, Series, load_history, pages
+from pytest_llmperf.dashboard.history import (
+    DASHBOARD_METRICS,
+    History,
+    Series,
+    holds_page,
+    load_history,
+    pages,
+    row_pages,
+)
 from pytest_llmperf.dashboard.recent import RecentShift, recent_shifts
+from pytest_llmperf.dashboard.serving import latency_throughput_curves, percentile_charts
+from pytest_llmperf.dashboard.serving_page import BRANCH_SCRIPT, serving_sections
 from pytest_llmperf.gate.verdict import Outcome, worse_change
 from pytest_llmperf.history.errors import DEFAULT_FLAG
 from pytest_llmperf.measure.metrics import Better, metric
+from pytest_llmperf.series import SeriesKey
 from pytest_llmperf.units import format_value
 
 STATIC = Path(__file__).parent / "static"
@@ -162,20 +175,32 @@ def _recent_flag(shift: RecentShift, history: History) -> str:
             f"{esc(_window(shift))} <code>{esc(_commits(shift, history))}</code></span>")
 
 
-def render_overview(history: History, rows: list[Row], default_branch: str) -> str:
+def _load_point(subject: SeriesKey) -> str:
+    """A series' place on its load axes, as the overview lists it: "8" (a batch), "request_rate=2 p32o32" (a
+    serving load point and its workload), "-" (once per load)."""
+    if subject.workload is not None:
+        return f"{subject.point.label} {subject.workload}".strip()
+    return "-" if subject.point.batch_size is None else str(subject.point.batch_size)
+
+
+def render_overview(history: History, rows: list[Row], default_branch: str,
+                    links: dict[tuple[str, str], str] | None = None) -> str:
+    """The overview; ``links``: the page each row links to (``row_pages``), by (series key, branch); a series
+    not in it links to its own page key."""
     body = []
     for row in rows:
         s, subject = row.series, row.series.subject
+        page = (links or {}).get((subject.digest(), s.branch), s.page)
         run = history.runs[s.run_ids[-1]]
         variant = "" if subject.variant == "default" else " " + esc(subject.variant)
-        batch = "-" if subject.point.batch_size is None else subject.point.batch_size
+        batch = _load_point(subject)
         body.append(
             f'<tr data-model="{esc(subject.model_id)}" data-backend="{esc(subject.backend)}" '
             f'data-device="{esc(s.device)}" data-branch="{esc(s.branch)}" data-metric="{esc(subject.metric)}">'
-            f'<td class="test"><a href="series/{esc(s.page)}.html#{esc(s.branch)}" title="{esc(subject.test_id)}">'
+            f'<td class="test"><a href="series/{esc(page)}.html#{esc(s.branch)}" title="{esc(subject.test_id)}">'
             f"{esc(subject.test_id.rsplit('::', 1)[-1])}</a></td>"
             f"<td>{esc(subject.model_id)}</td><td>{esc(subject.backend)}{variant}</td>"
-            f'<td class="num">{subject.world_size}</td><td class="num">{batch}</td>'
+            f'<td class="num">{subject.world_size}</td><td class="num">{esc(batch)}</td>'
             f"<td>{esc(subject.metric)}</td><td>{esc(s.device)}</td><td>{esc(s.branch)}</td>"
             f'<td class="num">{esc(format_value(subject.metric, row.latest))}</td>{_change_cell(row.worse_change)}'
             f"<td>{sparkline(s.values)}</td><td>{_flags(row, history)}</td>"
@@ -188,8 +213,8 @@ def render_overview(history: History, rows: list[Row], default_branch: str) -> s
         for name, value in (("model", lambda s: s.subject.model_id), ("backend", lambda s: s.subject.backend),
                             ("device", lambda s: s.device), ("branch", lambda s: s.branch),
                             ("metric", lambda s: s.subject.metric)))
-    header = "".join(f"<th>{h}</th>" for h in ("test", "model", "backend", "world", "batch", "metric", "device",
-                                                "branch", "latest", f"vs previous {PREVIOUS_RUNS}",
+    header = "".join(f"<th>{h}</th>" for h in ("test", "model", "backend", "world", "batch / load point", "metric",
+                                                "device", "branch", "latest", f"vs previous {PREVIOUS_RUNS}",
                                                 f"last {SPARK_POINTS} runs", "flags", "runs", "latest run"))
     return _page("llmperf dashboard", f"""
 <header><h1>llmperf dashboard</h1><p>{len(history.runs)} runs, {len(rows)} series · worse first</p></header>
@@ -263,35 +288,60 @@ def _series_data(s: Series, history: History, points: list[ChangePoint], recent:
     }
 
 
+def _headline(members: list[Series]) -> str:
+    """The metric the backends of a page are compared by: a serving load point's output throughput, a
+    generate's tokens/s."""
+    return "output_throughput" if any(s.subject.workload is not None for s in members) else "tokens_per_s"
+
+
 def _siblings(members: list[Series], by_page: dict[str, list[Series]]) -> list[Series]:
-    """The same model's other backends (and variants): same test function, dtype, batch, world size and device."""
-    first = next((s for s in members if s.subject.metric == "tokens_per_s"), None)
+    """The same model's other backends (and variants): same test function, dtype, batch (or serving load point
+    and workload), world size and device."""
+    headline = _headline(members)
+    first = next((s for s in members if s.subject.metric == headline), None)
     if first is None:
         return []
 
     def comparable(s: Series) -> tuple[object, ...]:
         u = s.subject
-        return (u.metric, u.test_id.split("[", 1)[0], u.model_id, u.dtype, u.point.batch_size, u.world_size, s.env)
+        return (u.metric, u.test_id.split("[", 1)[0], u.model_id, u.dtype, u.point.batch_size, u.world_size, s.env,
+                tuple(u.point.extra().items()), u.workload)
 
     return [s for page in by_page.values() for s in page if comparable(s) == comparable(first)]
 
 
-def render_series_page(page: str, members: list[Series], siblings: list[Series]) -> str:
-    first = next((s for s in members if s.subject.point.batch_size is not None), members[0])
+def render_series_page(page: str, members: list[Series], siblings: list[Series], serving: str = "") -> str:
+    """A configuration's page; ``serving``: the sections of a serving load point (``serving_sections``)."""
+    first = next((s for s in members if holds_page(s.subject)), members[0])
     u = first.subject
     title = f"{u.test_id} · {u.backend}" + ("" if u.variant == "default" else f" {u.variant}")
-    facts = (f"model {u.model_id} ({u.dtype}) · world size {u.world_size} · batch "
-             f"{u.point.batch_size if u.point.batch_size is not None else '-'} · device {first.device}")
+    if u.workload is not None:
+        title += f" · {_load_point(u)}"
+        where = f"load point {u.point.label or '-'} · workload {u.workload}"
+    else:
+        where = f"batch {u.point.batch_size if u.point.batch_size is not None else '-'}"
+    facts = f"model {u.model_id} ({u.dtype}) · world size {u.world_size} · {where} · device {first.device}"
     branches = sorted({s.branch for s in members})
     options = "".join(f"<option>{esc(b)}</option>" for b in branches)
     return _page(title, f"""
 <header><a href="../index.html">← all series</a><h1>{esc(title)}</h1><p>{esc(facts)}</p>
 <label>branch <select id="branch">{options}</select></label></header>
-<main id="charts"></main>
-<section><h2>Backends side by side: tokens_per_s</h2><div id="siblings"></div></section>
+{serving}<main id="charts"></main>
+<section><h2>Backends side by side: {_headline(members)}</h2><div id="siblings"></div></section>
 <div id="tooltip" class="tooltip" hidden></div>
-""", root="../", scripts=("uPlot.iife.min.js", "dashboard.js"), init="LLMPerf.seriesPage()",
-                 data=f"../data/{page}.js")
+""", root="../", scripts=("uPlot.iife.min.js", "dashboard.js"),
+                 init="LLMPerf.seriesPage()" + (f";{BRANCH_SCRIPT}" if serving else ""), data=f"../data/{page}.js")
+
+
+def _chart_order(members: list[Series]) -> Callable[[Series], tuple[object, ...]]:
+    """The order of a page's charts: by ``DASHBOARD_METRICS``, then branch; on a serving load point's page the
+    serving metrics before those of the server's load."""
+    serving = any(s.subject.workload is not None for s in members)
+
+    def order(s: Series) -> tuple[object, ...]:
+        return (serving and s.subject.workload is None, DASHBOARD_METRICS.index(s.subject.metric), s.branch)
+
+    return order
 
 
 def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
@@ -307,8 +357,13 @@ def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
         shutil.copyfile(STATIC / name, out / "assets" / name)
     by_page = pages(history)
     by_series = {(r.series.subject.digest(), r.series.branch): r for r in rows}
+    percentiles = percentile_charts(history, {key: r.change_points for key, r in by_series.items()}, config)
+    curves = latency_throughput_curves(history)
     for page, members in by_page.items():
-        members = sorted(members, key=lambda s: (DASHBOARD_METRICS.index(s.subject.metric), s.branch))
+        members = sorted(members, key=_chart_order(members))
+        holder = next((s for s in members if holds_page(s.subject)), members[0])
+        serving = "" if holder.subject.workload is None else serving_sections(
+            page, holder.subject.workload, percentiles.get(page, []), curves.get(page, {}), history)
         siblings = _siblings(members, by_page)
         runs = _RunTable(history)
         series = [_series_data(s, history, list(by_series[(s.subject.digest(), s.branch)].change_points),
@@ -319,7 +374,7 @@ def build_dashboard(db: Path, out: Path, *, default_branch: str = "main",
                               "branch": s.branch, "x": [history.runs[r].epoch_s for r in s.run_ids],
                               "y": [_round(v) for v in s.values]} for s in siblings]}
         (out / "data" / f"{page}.js").write_text(f"window.LLMPERF_PAGE={script_json(data)};\n")
-        (out / "series" / f"{page}.html").write_text(render_series_page(page, members, siblings))
-    (out / "index.html").write_text(render_overview(history, rows, default_branch))
+        (out / "series" / f"{page}.html").write_text(render_series_page(page, members, siblings, serving))
+    (out / "index.html").write_text(render_overview(history, rows, default_branch, row_pages(by_page)))
     return {"runs": len(history.runs), "series": len(rows), "pages": len(by_page),
             "points": sum(len(s.values) for s in history.series.values())}

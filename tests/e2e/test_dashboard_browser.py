@@ -152,3 +152,51 @@ def test_a_shift_in_the_newest_runs_is_flagged_on_top_and_beside_its_chart(recen
     page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
     assert page.locator("section.chart .links .recent.worse").first.text_content().startswith("recent shift -")
     assert page.problems == []
+
+
+@pytest.fixture(scope="module")
+def serving_site(tmp_path_factory) -> Path:
+    """Two engines' serving load points on main, and vllm alone on a branch ``faster``."""
+    from tests.unit.test_dashboard_serving import serving_history
+
+    root = tmp_path_factory.mktemp("serving")
+    build_dashboard(serving_history(root / "history.db"), root / "site")
+    return root / "site"
+
+
+def test_a_serving_load_point_shows_its_percentiles_and_the_engines_curves_for_the_chosen_branch(serving_site, page):
+    page.goto((serving_site / "index.html").as_uri())
+    page.locator("#overview tbody tr", has_text="request_rate=4 p32o32").filter(has_text="llama-cpp").first \
+        .locator("a").click()
+    page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
+    assert "llama-cpp auto · request_rate=4 p32o32" in page.text_content("h1")
+    charts = page.evaluate("() => window.LLMPerf.charts.map(c => c.metric)")
+    assert charts[:4] == ["median_ttft_ms", "median_tpot_ms", "p99_ttft_ms", "p99_tpot_ms"]
+    assert charts[-2:] == ["load_s", "siblings"]  # the server's load after the load point's own metrics
+    shown = page.locator("section.serving:visible")
+    assert shown.count() == 3  # TTFT and TPOT percentiles, and the curves: all of main
+    ttft = page.locator("section.serving.percentiles[data-latency=ttft]:visible")
+    assert ttft.locator("g.line").evaluate_all("gs => gs.map(g => g.dataset.label)") == ["median", "p90", "p99"]
+    assert "p99: change point +" in ttft.text_content()
+    curve = page.locator("section.serving.curves:visible svg.chart").first
+    assert curve.locator("g.line").count() == 6 and curve.locator("circle.current").count() == 2
+    page.screenshot(path=str(artifact("dashboard-serving.png")), full_page=True)
+    # the point may lie under another engine's: its link is followed as a click on it would be
+    page.locator("section.serving.curves:visible g.line[data-label='llama-cpp auto median'] a").first \
+        .dispatch_event("click")
+    page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
+    assert "request_rate=1 p32o32" in page.text_content("h1")  # a point of the curve opens its load point's page
+    assert page.problems == []
+
+
+def test_a_serving_page_switches_its_svg_sections_with_the_branch(serving_site, page):
+    page.goto((serving_site / "index.html").as_uri())
+    page.select_option("select[data-filter=branch]", "faster")
+    page.locator("#overview tbody tr:visible", has_text="request_rate=2 p32o32").first.locator("a").click()
+    page.wait_for_function("window.LLMPerf && window.LLMPerf.charts.length > 0")
+    assert page.locator("section.serving:visible").evaluate_all("s => s.map(x => x.dataset.branch)") == \
+        ["faster"] * 3
+    assert page.locator("section.serving.curves:visible svg.chart").first.locator("g.line").count() == 2  # vllm
+    page.select_option("#branch", "main")
+    assert set(page.locator("section.serving:visible").evaluate_all("s => s.map(x => x.dataset.branch)")) == {"main"}
+    assert page.problems == []

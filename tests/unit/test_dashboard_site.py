@@ -1,6 +1,7 @@
 """The dashboard's builder without a browser: what it writes, what it escapes, what it puts first."""
 
 import json
+import re
 
 import pytest
 
@@ -82,3 +83,14 @@ def test_the_command_builds_the_site_and_names_a_missing_history(site, tmp_path,
     assert "23 series (1840 points, 80 runs) on 5 pages" in capsys.readouterr().out
     assert main(["dashboard", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "x")]) == 2
     assert "no history database at" in capsys.readouterr().err
+
+
+def test_every_row_links_to_a_page_that_was_written_and_a_load_metric_to_its_smallest_batch(site):
+    root, _ = site
+    index = (root / "site" / "index.html").read_text()
+    links = re.findall(r'<tr [^>]*data-metric="([a-z_]+)"><td class="test"><a href="series/(\w+)\.html#main"', index)
+    assert len(links) == 23 and all((root / "site" / "series" / f"{page}.html").exists() for _, page in links)
+    history = load_history(root / "history.db")
+    smallest = {s.subject.test_id: s.page for s in history.series.values() if s.subject.point.batch_size == 1}
+    loads = [page for name, page in links if name == "load_s"]
+    assert sorted(loads) == sorted(smallest.values())  # each test's load_s row opens its batch-1 page
