@@ -1,9 +1,10 @@
 """The gate's error rates per run on serving metrics, by simulation through the gate's own code on real runs.
 
-Noise source: the suite's serving case (``suites/test_serving.py``) run again and again, each time as a new
-pytest process with a new server, as CI runs it: ``--record N`` runs it N times into a history file and
-writes every run's value of each gated serving series (``median_ttft_ms``, ``median_tpot_ms`` of each load
-point) to ``benchmarks/data/serving_noise.json``. The run is the unit: one value per series per run.
+Noise source: the suite's serving case (``suites/test_serving.py::test_serving_under_load``) run again and
+again, each time as a new pytest process with a new server, as CI runs it: ``--record N`` runs it N times
+into a history file and writes every run's value of each gated serving series (``median_ttft_ms``,
+``median_tpot_ms`` of each load point) to ``benchmarks/data/serving_noise.json``. The run is the unit: one
+value per series per run.
 
 A simulated history is 30 runs, each one real run drawn with replacement (the whole run, so the series of
 one run stay as correlated as they were); the newest ``age`` runs carry the change: one series (the
@@ -12,7 +13,7 @@ itself: ``gate.history.recent_windows`` and ``gate.verdict.judge`` at ``HISTORY_
 serving series of the run; with ``--llmperf-confirm`` (the default) a failing run reruns its regressed tests
 (a fresh draw) and ``gate.confirm.reconcile`` keeps what the rerun finds. A run fails when any verdict fails.
 
-    .venv/bin/python benchmarks/serving_gate_validity.py --record 30      # about 10 s a run on 2 cores
+    .venv/bin/python benchmarks/serving_gate_validity.py --record 20      # 15-40 s a run on 2 cores
     .venv/bin/python benchmarks/serving_gate_validity.py --runs 2000
 """
 
@@ -50,7 +51,8 @@ def record(runs: int, backend: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "history.db"
         for i in range(runs):
-            done = subprocess.run([sys.executable, "-m", "pytest", "--llmperf", str(SUITE), "-k", backend, "-q",
+            done = subprocess.run([sys.executable, "-m", "pytest", "--llmperf", str(SUITE), "-k",
+                                   f"test_serving_under_load and {backend}", "-q",
                                    "-p", "no:randomly", f"--llmperf-db={db}", "--llmperf-progress=off"],
                                   capture_output=True, text=True, check=False)
             print(f"run {i + 1}/{runs}: exit {done.returncode}", file=sys.stderr)
@@ -61,7 +63,8 @@ def record(runs: int, backend: str) -> None:
             samples = series_samples(store, run_ids, SERVING_GATED)
     series = {s.subject.label: {"metric": s.subject.metric, "point": s.subject.point.label,
                                 "workload": s.subject.workload,
-                                "values": [s.per_run[r][0] for r in run_ids]} for s in samples.values()}
+                                "values": [s.per_run[r][0] for r in run_ids]}
+              for s in samples.values() if all(r in s.per_run for r in run_ids)}
     DATA.write_text(json.dumps({"source": f"suites/test_serving.py -k {backend}, {runs} pytest processes",
                                 "series": series}, indent=1) + "\n")
     print(f"wrote {DATA}: {len(series)} series x {runs} runs")
