@@ -9,7 +9,9 @@ step's sends fall behind the schedule (achieved / target below 0.95) or a send i
 ``--max-lag-ms`` late, then bisects twice. Prints the ceiling, and every step's target and achieved rates,
 worst send lag, the client's median end-to-end latency against the instant server (the client's own cost
 per request), and the client's and server's CPU seconds per second. Figures move with the machine's load:
-the CPU share columns say whether the client was what ran out.
+the CPU share columns say whether the client was what ran out. The client's own latency grows once its
+CPU share passes about 0.6 to 0.8, before its sends fall behind: a load meant to measure a server's
+latencies should stay well under the ceiling.
 
     python benchmarks/client_ceiling.py
     python benchmarks/client_ceiling.py --output-tokens 16 128 --seconds=3
