@@ -15,11 +15,13 @@ token); an event with neither is a server's closing trailer (llama.cpp sends its
 usage that way) and carries no token. vLLM's client counts every event with a choice, trailers too.
 
 The client is kept cheap, since what it spends runs on the client's clock inside TTFT and ITL and on
-the CPU cores a local server shares: HTTP/1.1 is spoken with ``h11`` (httpx's own protocol layer) over
-asyncio streams, so a request costs about half of an httpx request's CPU and a chunk about a read,
-and every response is read to its end so its connection is reused. The garbage collector's heap is
-frozen for the run (as vLLM's benchmark does): a full collection of a test process's heap (torch
-loaded) would otherwise stall the event loop for tens of milliseconds in the middle of streams.
+the CPU cores a local server shares (``benchmarks/client_ceiling.py`` measures it): HTTP/1.1 is spoken
+with ``h11`` (httpx's own protocol layer) over asyncio streams, which costs a fraction of an httpx
+request (httpcore polls every pooled connection per request, and retries a failed ``import sniffio``
+on every lock it sets up when sniffio is not installed), and every response is read to its end so its
+connection is reused. The garbage collector's heap is frozen for the run (as vLLM's benchmark does): a
+full collection of a test process's heap (torch loaded) would otherwise stall the event loop for tens to
+hundreds of milliseconds in the middle of streams.
 """
 
 from __future__ import annotations
