@@ -3,8 +3,10 @@
 Starts llama.cpp's server (a process of its own) on a synthetic Llama, finds its capacity with a closed
 loop (completed requests per second at ``--concurrency``), then runs open loops at 0.5x, 1x and 2x that
 rate and prints, per run: requests asked and sent, completed, the target and achieved send rates, the
-worst lateness of a send against its schedule, and the most requests in flight. Above capacity the
-server falls behind, but the sends must still follow the schedule: that is what a generator owes.
+worst lateness of a send against its schedule, the most requests in flight, and the TCP connections
+the client opened (llama.cpp's server closes a connection after each streamed response, so there is
+one per request). Above capacity the server falls behind, but the sends must still follow the
+schedule: that is what a generator owes.
 
     python benchmarks/load_generator_accuracy.py
     python benchmarks/load_generator_accuracy.py --requests=400 --output-tokens=32
@@ -53,8 +55,8 @@ def main() -> None:
               f"{args.prompt_tokens} prompt + {args.output_tokens} output tokens")
         print(f"capacity (closed loop, concurrency {args.concurrency}): {capacity:.1f} requests/s")
         print("| load | asked | sent | completed | target rate | achieved rate | achieved / target | worst send lag "
-              "| most in flight |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| most in flight | connections opened |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for factor in (0.5, 1.0, 2.0):
             rate = capacity * factor
             run = run_load(server.url, "m", completions, OpenLoop(rate_rps=rate, requests=args.requests, seed=1))
@@ -63,7 +65,8 @@ def main() -> None:
             planned = OpenLoop(rate_rps=rate, requests=args.requests, seed=1).send_s()
             schedule_rate = (len(planned) - 1) / planned[-1]
             print(f"| {factor:g}x | {run.asked} | {run.sent} | {done} | {schedule_rate:.1f}/s | {achieved:.1f}/s | "
-                  f"{achieved / schedule_rate:.4f} | {run.max_send_lag_s * 1000:.1f} ms | {run.max_in_flight} |")
+                  f"{achieved / schedule_rate:.4f} | {run.max_send_lag_s * 1000:.1f} ms | {run.max_in_flight} "
+                  f"| {run.connections_opened} |")
     finally:
         server.stop()
 
