@@ -194,15 +194,16 @@ class ServerBench:
 
     def _measure(self, config: ServingConfig, workload: Workload, plan: OpenLoop | ClosedLoop,
                  slos: dict[str, float]) -> ServingResult:
-        completions = self._completions(workload, config.warmup_requests + config.requests)
+        # drawn apart: the measured requests are the same whatever the number of warm-ups
+        completions = self._completions(workload, config.requests)
         if config.warmup_requests:
-            warm = run_load(self.url, self.served_model, completions[:config.warmup_requests],
+            warm = run_load(self.url, self.served_model, self._completions(workload, config.warmup_requests),
                             ClosedLoop(concurrency=1, requests=config.warmup_requests))
             self._check_server()
             failed = [r.error for r in warm.records if not r.ok]
             if failed:
                 raise RequestsFailed(f"the warm-up requests failed: {failed[0]}")
-        run = run_load(self.url, self.served_model, completions[config.warmup_requests:], plan)
+        run = run_load(self.url, self.served_model, completions, plan)
         self._check_server()
         return _result(config, run, plan, slos)
 
