@@ -140,8 +140,7 @@ class ServerBench:
             raise ServeArgumentError(f"{call}: max_error_rate={max_error_rate!r}: expected a share of the requests, "
                                      "from 0 to 1")
         slos = self._slo(call, slo)
-        self._last = {"requests": requests, "warmup_requests": warmup_requests, "workload": chosen,
-                      "burstiness": burstiness}
+        self._last = {"requests": requests, "workload": chosen}
         config = ServingConfig(workload=chosen.label, requests=requests, warmup_requests=warmup_requests,
                                request_rate=None if request_rate is None else float(request_rate),
                                concurrency=concurrency, burstiness=float(burstiness), seed=self._seed,
