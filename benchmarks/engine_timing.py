@@ -37,6 +37,7 @@ from pytest_llmperf.models.sources import ResolvedModel, resolve_model
 from pytest_llmperf.models.spec import parse_model_spec
 from pytest_llmperf.prompts import prompt_token_ids
 from pytest_llmperf.results import GenerateConfig, Trial
+from pytest_llmperf.settings import cache_home
 
 ENGINES = ("hf", "llama-cpp", "vllm")
 METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s")
@@ -160,12 +161,13 @@ def main() -> None:
     parser.add_argument("--warmups", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--model-cache", default=None, help="default: a temporary directory")
+    parser.add_argument("--model-cache", default=None, help="default: the plugin's model cache, where synthetic "
+                        "models are built once and kept")
     args = parser.parse_args()
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (TPOT needs two tokens)")
 
-    cache = Path(args.model_cache or tempfile.mkdtemp(prefix="llmperf-bench-"))
+    cache = Path(args.model_cache or cache_home() / "models")
     model = resolve_model(parse_model_spec(args.model), args.dtype, cache, device_kind=device_kind(args.device))
     print(f"model {args.model} ({model.num_parameters / 1e6:.1f} M parameters, {model.dtype}) on {args.device}; "
           f"batch 1, prompt {args.prompt_tokens}, {args.new_tokens} new tokens; {args.pairs} pairs")

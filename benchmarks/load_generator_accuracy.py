@@ -15,7 +15,6 @@ schedule: that is what a generator owes.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from pytest_llmperf.launch.distributed import free_port
@@ -28,6 +27,7 @@ from pytest_llmperf.serving.presets import llama_cpp_server
 from pytest_llmperf.serving.request_metrics import ServingSummary
 from pytest_llmperf.serving.server_process import ServerProcess
 from pytest_llmperf.serving.workloads import Lengths, Workload
+from pytest_llmperf.settings import cache_home
 
 
 def main() -> None:
@@ -38,10 +38,11 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=16, help="the closed loop that measures capacity")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--model-cache", default=None, help="default: a temporary directory")
+    parser.add_argument("--model-cache", default=None, help="default: the plugin's model cache, where synthetic "
+                        "models are built once and kept")
     args = parser.parse_args()
 
-    cache = Path(args.model_cache or tempfile.mkdtemp(prefix="llmperf-bench-"))
+    cache = Path(args.model_cache or cache_home() / "models")
     checkpoint = ensure_synthetic(parse_model_spec(args.model), "float32", cache)
     gguf, _ = ensure_gguf(checkpoint, "f32", cache / "gguf")
     command = llama_cpp_server(gguf, port=free_port(), threads=args.threads, float32_kv_cache=True)

@@ -14,7 +14,6 @@ own overhead per call (wall time of ``Bench.generate`` minus the time its trial 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from transformers import AutoModelForCausalLM
 from pytest_llmperf.bench import Bench
 from pytest_llmperf.case import cases_from_marker
 from pytest_llmperf.pool import pool_for_device
-from pytest_llmperf.settings import Settings
+from pytest_llmperf.settings import Settings, cache_home
 
 
 def bare_tokens_per_s(model, batch_size: int, prompt_tokens: int, new_tokens: int, device: str) -> float:
@@ -49,10 +48,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=100)
-    parser.add_argument("--model-cache", default=None, help="default: a temporary directory")
+    parser.add_argument("--model-cache", default=None, help="default: the plugin's model cache, where synthetic "
+                        "models are built once and kept")
     args = parser.parse_args()
 
-    cache = Path(args.model_cache or tempfile.mkdtemp(prefix="llmperf-bench-"))
+    cache = Path(args.model_cache or cache_home() / "models")
     settings = Settings.from_sources(
         enabled=True,
         cli={"model_cache": str(cache), "device": args.device, "dtype": args.dtype},
@@ -79,7 +79,9 @@ def main() -> None:
             result = bench.generate(batch_size=batch, trials=1, warmups=0)
             wall = time.perf_counter() - start
             trial = result.trials[0]
-            plugin.append(trial.value("tokens_per_s"))
+            tokens_per_s = trial.value("tokens_per_s")
+            assert tokens_per_s is not None  # every trial has an end-to-end time
+            plugin.append(tokens_per_s)
             overhead.append(wall - trial.e2e_s)
             independent.append(bare_tokens_per_s(bare, batch, args.prompt_tokens, args.new_tokens, args.device))
         ratio, low, high = median_ci(np.array(plugin) / np.array(independent))

@@ -34,7 +34,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import tempfile
 from pathlib import Path
 
 from pytest_llmperf.backends.base import LoadRequest
@@ -50,6 +49,7 @@ from pytest_llmperf.serving.presets import vllm_server
 from pytest_llmperf.serving.request_metrics import ServingSummary
 from pytest_llmperf.serving.server_process import ServerProcess
 from pytest_llmperf.serving.workloads import Lengths, Workload
+from pytest_llmperf.settings import cache_home
 
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
 THROUGHPUTS = ("request_throughput", "output_throughput", "total_token_throughput")
@@ -119,11 +119,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vllm-trust-env", choices=("on", "off"), default="on",
                         help="off: vLLM's aiohttp session without trust_env (no per-request env lookups)")
-    parser.add_argument("--model-cache", default=None, help="default: a temporary directory")
+    parser.add_argument("--model-cache", default=None, help="default: the plugin's model cache, where synthetic "
+                        "models are built once and kept")
     args = parser.parse_args()
 
     spec = parse_model_spec(args.model)
-    cache = Path(args.model_cache or tempfile.mkdtemp(prefix="llmperf-bench-"))
+    cache = Path(args.model_cache or cache_home() / "models")
     checkpoint = ensure_synthetic(spec, "float32", cache)
     config = synthetic_config(spec).get_text_config()
     python = find_vllm_python().executable
