@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pytest_llmperf.launch.distributed import tail
 from pytest_llmperf.launch.exec_tied import tied_argv
+from pytest_llmperf.launch.leftovers import new_scratch_dir, remove_scratch_dir
 from pytest_llmperf.serving.errors import ServerFailed
 
 __all__ = ["ServerCommand", "ServerFailed", "ServerProcess"]
@@ -49,11 +50,12 @@ class ServerCommand:
 
 class ServerProcess:
     def __init__(self, command: ServerCommand, process: subprocess.Popen[bytes], log: Path,
-                 phases: Sequence[tuple[str, float]]):
+                 phases: Sequence[tuple[str, float]], scratch: Path | None = None):
         self.command = command
         self.log = log
         self.phases = tuple(phases)
         self._process = process
+        self._scratch = scratch
 
     @property
     def url(self) -> str:
@@ -75,13 +77,22 @@ class ServerProcess:
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **dict(command.env), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
         start_offset = log.stat().st_size if log.exists() else 0
+        # the server's temporary files (vLLM's IPC sockets among them) go to a scratch folder of this process,
+        # removed when the server stops, or by the next session if this process is killed
+        scratch = new_scratch_dir()
+        (scratch / "tmp").mkdir()
+        env["TMPDIR"] = str(scratch / "tmp")
         started = time.perf_counter()
-        with open(log, "ab") as out:
-            process = subprocess.Popen(
-                tied_argv(command.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # its own process group: Ctrl-C reaches pytest, which stops the server
-            )
-        server = cls(command, process, log, [])
+        try:
+            with open(log, "ab") as out:
+                process = subprocess.Popen(
+                    tied_argv(command.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    env=env, start_new_session=True,  # its own process group: Ctrl-C reaches pytest, which stops it
+                )
+        except BaseException:
+            remove_scratch_dir(scratch)
+            raise
+        server = cls(command, process, log, [], scratch)
         watch = _LogWatch(log, start_offset, command.milestones)
         try:
             server._wait_ready(timeout_s, watch)
@@ -148,6 +159,8 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait()
+        if self._scratch is not None:
+            remove_scratch_dir(self._scratch)
 
 
 class _LogWatch:

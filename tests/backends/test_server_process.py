@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,13 +47,18 @@ def test_llama_cpp_s_server_starts_serves_a_load_and_stops(synthetic_cache, tmp_
         # each phase ends at its line in the server's log, the last when it answers
         assert [name for name, _ in server.phases] == ["process start", "weights", "ready"] and server.load_s > 0
         assert server.peak_rss_bytes() > 10 * 2**20  # Python, llama.cpp and the model, in the server's process
+        # its temporary files go to a folder of its own (vLLM puts its IPC sockets there), removed when it stops
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{server.pid}/environ").read_text().split("\0") if "=" in item)
+        server_tmp = Path(environ["TMPDIR"])
+        assert server_tmp.is_dir() and server_tmp != Path(tempfile.gettempdir())
         completions = [Completion(prompt_ids=tuple(range(20, 36)), output_tokens=6)] * 4
         run = run_load(server.url, "tiny", completions, OpenLoop(rate_rps=20.0, requests=4))
         assert all(r.error is None and r.output_tokens == 6 for r in run.records)
         server.check()
     finally:
         server.stop()
-    assert _gone(server.pid)
+    assert _gone(server.pid) and not server_tmp.parent.exists()
     assert "llama.cpp server: serving" in (tmp_path / "server.log").read_text()  # the log is kept
 
 
