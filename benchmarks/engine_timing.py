@@ -16,6 +16,7 @@ reported as skipped, with the reason.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -78,8 +79,9 @@ class Runner:
 
     def __init__(self, engine: str, model: ResolvedModel, device: str, cache: Path, variant: str):
         kind = device_kind(device)
+        self.scratch = Path(tempfile.mkdtemp(prefix="llmperf-timing-"))
         self.request = LoadRequest(model.path, model.dtype, device, variant, devices=(device,),
-                                   scratch_dir=Path(tempfile.mkdtemp(prefix="llmperf-timing-")),
+                                   scratch_dir=self.scratch,
                                    cache_dir=cache / "derived", gguf_file=model.gguf_file,
                                    threads=cpu_threads(1, 1) if kind == "cpu" else None)
         implementation = backend_class(engine)
@@ -106,6 +108,7 @@ class Runner:
 
     def close(self) -> None:
         self.runner.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def measure(engine: str, model: ResolvedModel, args: argparse.Namespace, cache: Path) -> list[tuple[Reading, Reading]]:
