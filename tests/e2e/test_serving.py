@@ -146,17 +146,22 @@ def test_serve(llm_server):
     assert backends == {"external"}
 
 
-def test_the_server_process_dies_with_the_session_that_started_it(pytester, run_llmperf, monkeypatch) -> None:
+def test_a_killed_session_takes_its_server_along_and_the_next_session_removes_its_files(pytester, run_llmperf,
+                                                                                        monkeypatch) -> None:
     pids = pytester.path / "pids.txt"
     monkeypatch.setenv("SERVER_PIDS", str(pids))
     pytester.makepyfile(test_hang="""
 import os, signal
+from pathlib import Path
 import pytest
 
 @pytest.mark.llmperf(model="synthetic:llama-tiny", backend="llama-cpp")
 def test_serve(llm_server):
+    environ = Path(f"/proc/{llm_server.server.pid}/environ").read_text().split("\\0")
+    tmp = next(item.split("=", 1)[1] for item in environ if item.startswith("TMPDIR="))
     with open(os.environ["SERVER_PIDS"], "a") as f:
         f.write(f"{llm_server.server.pid}\\n")
+    Path(os.environ["SERVER_PIDS"] + ".tmp").write_text(tmp)
     os.kill(os.getpid(), signal.SIGKILL)  # the session dies without a teardown
 """)
     run_llmperf(subprocess=True)
@@ -164,6 +169,11 @@ def test_serve(llm_server):
     while _pids_gone(pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _pids_gone(pids) == [], "the server outlived the pytest process that started it"
+    scratch = Path((pytester.path / "pids.txt.tmp").read_text()).parent
+    assert scratch.is_dir()  # the killed session could not remove the server's scratch folder
+    pytester.makepyfile(test_hang="def test_nothing():\n    pass\n")
+    run_llmperf(subprocess=True).assert_outcomes(passed=1)
+    assert not scratch.exists(), "the next session left the dead session's server files behind"
 
 
 MAX_RATE = """
