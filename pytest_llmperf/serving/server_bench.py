@@ -48,6 +48,8 @@ SERVER_BACKENDS = ("llama-cpp", "vllm", "external")
 SERVED_MODEL = "model"
 DEFAULT_REQUESTS = 64
 DEFAULT_WARMUP_REQUESTS = 2
+#: seconds a server whose requests failed is watched for its exit before the failures are blamed on the requests
+SERVER_EXIT_GRACE_S = 2.0
 #: at most this many distinct request errors are kept with a load point
 KEPT_ERRORS = 5
 #: the max-rate search stops when the rates that pass and fail are this close (ratio)
@@ -198,12 +200,12 @@ class ServerBench:
         if config.warmup_requests:
             warm = run_load(self.url, self.served_model, self._completions(workload, config.warmup_requests),
                             ClosedLoop(concurrency=1, requests=config.warmup_requests))
-            self._check_server()
+            self._check_server(warm)
             failed = [r.error for r in warm.records if not r.ok]
             if failed:
                 raise RequestsFailed(f"the warm-up requests failed: {failed[0]}")
         run = run_load(self.url, self.served_model, completions, plan)
-        self._check_server()
+        self._check_server(run)
         return _result(config, run, plan, slos)
 
     def _resolve_workload(self, call: str, workload: object) -> Workload:
@@ -211,9 +213,11 @@ class ServerBench:
         label = self.case.knobs(self._settings, Knobs(workload=None if given is None else given.label)).workload
         return given if given is not None and given.label == label else _workload(call, label)
 
-    def _check_server(self) -> None:
+    def _check_server(self, run: LoadRun) -> None:
+        """ServerFailed when the server died: where requests failed, it is given a moment to be seen exiting, so
+        that a dead server is reported as such, with its log, rather than as its requests' errors."""
         if self.server is not None:
-            self.server.check()
+            self.server.check(grace_s=SERVER_EXIT_GRACE_S if any(not r.ok for r in run.records) else 0.0)
 
     def _completions(self, workload: Workload, n: int) -> list[Completion]:
         try:

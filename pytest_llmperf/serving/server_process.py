@@ -141,9 +141,13 @@ class ServerProcess:
                         total += int(line.split()[1]) * 1024
         return total
 
-    def check(self) -> None:
-        """ServerFailed, with the log's tail, when the server has exited."""
-        code = self._process.poll()
+    def check(self, grace_s: float = 0.0) -> None:
+        """ServerFailed, with the log's tail, when the server has exited, or exits within ``grace_s``: a server
+        killed while it served resets its connections a moment before its exit can be seen."""
+        try:
+            code = self._process.wait(timeout=grace_s) if grace_s > 0 else self._process.poll()
+        except subprocess.TimeoutExpired:
+            code = None
         if code is not None:
             raise ServerFailed(f"{self.command.name} (pid {self.pid}) exited with status {code}; its last output "
                                f"lines ({self.log}):\n{tail(self.log, LOG_LINES)}")
