@@ -9,17 +9,16 @@ budgets and the history, as ``Bench`` keeps a model's generates.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.backends import backend_class
 from pytest_llmperf.backends.base import BackendUnavailable, LoadRequest
 from pytest_llmperf.case import BenchCase
+from pytest_llmperf.measure.clocks import Stopwatch
 from pytest_llmperf.progress import NullProgress, Progress
 from pytest_llmperf.results import (
     BenchRecord,
@@ -319,15 +318,6 @@ def _plan(call: str, request_rate: float | None, concurrency: int | None, reques
         raise ServeArgumentError(f"{call}: {e}") from None
 
 
-@contextlib.contextmanager
-def _timed(phases: list[tuple[str, float]], name: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        phases.append((name, time.perf_counter() - started))
-
-
 def _server_command(backend: str, request: LoadRequest, phases: list[tuple[str, float]]) -> tuple[ServerCommand, int]:
     """The server of ``backend`` for ``request`` on a free port, and the bytes of the weights it is given
     (their files). Preparing the weights (a GGUF written once) adds its phases to ``phases``."""
@@ -338,7 +328,9 @@ def _server_command(backend: str, request: LoadRequest, phases: list[tuple[str, 
     if backend == "llama-cpp":
         from pytest_llmperf.backends.llama_cpp import check_gguf_file, float32_kv_cache, gguf_for
 
-        gguf = gguf_for(request, lambda name: _timed(phases, name))
+        # the host's clock: the GGUF is written on the host, whatever the server's device
+        stopwatch = Stopwatch(lambda: None)
+        gguf = gguf_for(request, lambda name: stopwatch.span(phases, name))
         check_gguf_file(gguf)
         device = request.device
         return (presets.llama_cpp_server(gguf, port=port, threads=request.threads or 1, device=device,
